@@ -1,0 +1,44 @@
+"""Hand work to the broker after commit, by task name (no import of tasks.py).
+
+If the broker is down the row simply stays unpublished: the outbox sweeper
+(approvals.tasks.sweep_executions) publishes it again later, so nothing is lost
+between the commit and the publish.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db.models import Q
+from django.utils import timezone
+
+from approvals.models import Execution
+from config.celery import app
+
+log = logging.getLogger(__name__)
+
+EXECUTE_TASK = "approvals.tasks.execute"
+WEBHOOK_TASK = "approvals.tasks.deliver_webhook"
+
+
+def publish_execution(execution_id: int, *, countdown: float | None = None) -> bool:
+    try:
+        app.send_task(EXECUTE_TASK, args=[execution_id], countdown=countdown)
+    except Exception:  # noqa: BLE001 - any broker failure leaves it to the sweeper
+        log.warning("broker unavailable; execution %s left for the outbox sweeper", execution_id,
+                    exc_info=True)
+        return False
+    Execution.objects.filter(pk=execution_id).filter(
+        Q(published_at__isnull=True) | Q(published_at__lt=timezone.now())
+    ).update(published_at=timezone.now())
+    return True
+
+
+def publish_webhook(delivery_id: int, *, countdown: float | None = None) -> bool:
+    try:
+        app.send_task(WEBHOOK_TASK, args=[delivery_id], countdown=countdown)
+    except Exception:  # noqa: BLE001
+        log.warning("broker unavailable; webhook %s left for the sweeper", delivery_id,
+                    exc_info=True)
+        return False
+    return True

@@ -1,0 +1,270 @@
+"""Execution services: claim, run the executor, record; the breaker; the sweeper.
+
+Exactly-once comes from three pieces together:
+1. the claim: a row lock on the execution, a re-check of its status, break-glass and
+   the tool's breaker, then a guarded QUEUED->RUNNING update, committed before the
+   executor is called, so no two workers run one execution at once;
+2. the idempotency key sent to the tool, so a retry after a crash mid-call (the row
+   is left RUNNING, the task redelivered under acks_late) is the same action;
+3. the outbox: the execution row is written in the approval's transaction and the
+   sweeper republishes any row the broker lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from agents.audit import SYSTEM, audit_record
+from agents.models import AutonomyLevel, BreakerState, Tool, Workflow
+from agents.services import workflow_demote
+from approvals import dispatch, executors
+from approvals.models import BreakGlass, Execution, ExecutionStatus, Proposal
+from approvals.services import proposal_notify, break_glass_get
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    execution_id: int
+    attempt: int
+    tool: Tool
+    request: executors.ExecutionRequest
+
+
+def _stale_after() -> timedelta:
+    # A RUNNING row older than the hard time limit belongs to a worker that died.
+    return timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30)
+
+
+def _switch_for_share() -> BreakGlass:
+    """Read the break-glass row under a share lock.
+
+    break_glass_update holds FOR UPDATE on this row until it commits, so a claim either
+    finishes before the switch commits or waits and then sees the new state: once the
+    switch has committed, no execution starts.
+    """
+    break_glass_get()
+    if connection.vendor == "postgresql":
+        return BreakGlass.objects.raw(
+            f"SELECT * FROM {BreakGlass._meta.db_table} WHERE id = 1 FOR SHARE"
+        )[0]
+    return BreakGlass.objects.get(pk=1)
+
+
+def _blocked_by(switch: BreakGlass, workflow: Workflow, tool: Tool) -> str:
+    if switch.read_only:
+        return "break-glass read-only"
+    if tool.category in switch.disabled_categories:
+        return f"break-glass: category {tool.category} disabled"
+    if workflow.paused:
+        return f"workflow {workflow.slug} paused"
+    return ""
+
+
+@transaction.atomic
+def execution_claim(*, execution_id: int) -> Claim | None:
+    """Claim the row for this worker, or return None when there is nothing to do."""
+    execution = (
+        Execution.objects.select_for_update(of=("self",))
+        .select_related("proposal", "proposal__tool", "proposal__workflow")
+        .filter(pk=execution_id)
+        .first()
+    )
+    if execution is None:
+        return None
+    now = timezone.now()
+    if execution.status == ExecutionStatus.RUNNING:
+        if execution.claimed_at and execution.claimed_at > now - _stale_after():
+            return None  # another worker has it right now
+    elif execution.status != ExecutionStatus.QUEUED:
+        return None
+    if execution.next_attempt_at and execution.next_attempt_at > now:
+        return None  # a retry is scheduled; its own message will come
+    proposal: Proposal = execution.proposal
+    tool = Tool.objects.get(pk=proposal.tool_id)
+    workflow = Workflow.objects.get(pk=proposal.workflow_id)
+
+    blocked = _blocked_by(_switch_for_share(), workflow, tool)
+    if not blocked and tool.breaker_state == BreakerState.OPEN:
+        cooldown = timedelta(seconds=settings.GATEHOUSE_BREAKER_COOLDOWN_SECONDS)
+        if tool.breaker_opened_at and tool.breaker_opened_at + cooldown > now:
+            blocked = f"circuit breaker open for {tool.name}"
+    if blocked:
+        Execution.objects.filter(pk=execution.pk, status=execution.status).update(
+            status=ExecutionStatus.HELD, published_at=None
+        )
+        audit_record(actor=SYSTEM, action="execution.hold", obj=execution,
+                     from_state=execution.status, to_state=ExecutionStatus.HELD, reason=blocked)
+        return None
+
+    attempt = execution.attempts + 1
+    updated = Execution.objects.filter(pk=execution.pk, status=execution.status,
+                                       attempts=execution.attempts).update(
+        status=ExecutionStatus.RUNNING, attempts=attempt, claimed_at=now, next_attempt_at=None
+    )
+    if updated != 1:  # pragma: no cover - we hold the row lock
+        return None
+    audit_record(actor=SYSTEM, action="execution.start", obj=execution,
+                 from_state=execution.status, to_state=ExecutionStatus.RUNNING,
+                 data={"attempt": attempt, "proposal": proposal.pk})
+    request = executors.ExecutionRequest(
+        tool=tool.name,
+        arguments=proposal.effective_arguments,
+        text=proposal.final_text or proposal.draft_text,
+        idempotency_key=str(execution.idempotency_key),
+        dry_run=execution.dry_run,
+        proposal_id=proposal.pk,
+    )
+    return Claim(execution.pk, attempt, tool, request)
+
+
+def _backoff(attempt: int) -> int:
+    return min(2 ** attempt, 300)
+
+
+@transaction.atomic
+def execution_finish(
+    *, claim: Claim, result: dict[str, Any] | None = None, error: str = "",
+    transient: bool = False,
+) -> Execution | None:
+    """Record the outcome of a claimed attempt; schedule a retry or trip the breaker."""
+    execution = Execution.objects.select_for_update().filter(pk=claim.execution_id).first()
+    if (execution is None or execution.status != ExecutionStatus.RUNNING
+            or execution.attempts != claim.attempt):
+        return None  # a newer attempt owns the row
+    now = timezone.now()
+    if not error:
+        Execution.objects.filter(pk=execution.pk).update(
+            status=ExecutionStatus.SUCCEEDED, result=result, error="", finished_at=now
+        )
+        Tool.objects.filter(pk=claim.tool.pk).exclude(consecutive_failures=0).update(
+            consecutive_failures=0
+        )
+        Tool.objects.filter(pk=claim.tool.pk, breaker_state=BreakerState.OPEN).update(
+            breaker_state=BreakerState.CLOSED, breaker_opened_at=None
+        )
+        to_state = ExecutionStatus.SUCCEEDED
+    else:
+        retry = transient and claim.attempt <= settings.GATEHOUSE_EXECUTION_MAX_RETRIES
+        to_state = ExecutionStatus.QUEUED if retry else ExecutionStatus.FAILED
+        delay = _backoff(claim.attempt)
+        Execution.objects.filter(pk=execution.pk).update(
+            status=to_state, error=error[:5000],
+            next_attempt_at=now + timedelta(seconds=delay) if retry else None,
+            finished_at=None if retry else now,
+        )
+        if retry:
+            transaction.on_commit(
+                lambda: dispatch.publish_execution(execution.pk, countdown=delay)
+            )
+        _count_failure(claim.tool)
+    audit_record(actor=SYSTEM, action="execution.finish", obj=execution,
+                 from_state=ExecutionStatus.RUNNING, to_state=to_state,
+                 reason=error[:500], data={"attempt": claim.attempt})
+    execution.refresh_from_db()
+    if to_state != ExecutionStatus.QUEUED:
+        proposal = Proposal.objects.select_related("agent").get(pk=execution.proposal_id)
+        proposal_notify(proposal, "execution.finished",
+                {"execution_status": to_state, "result": result, "error": error[:500]})
+    return execution
+
+
+def _count_failure(tool: Tool) -> None:
+    Tool.objects.filter(pk=tool.pk).update(consecutive_failures=F("consecutive_failures") + 1)
+    tripped = Tool.objects.filter(
+        pk=tool.pk, breaker_state=BreakerState.CLOSED,
+        consecutive_failures__gte=settings.GATEHOUSE_BREAKER_THRESHOLD,
+    ).update(breaker_state=BreakerState.OPEN, breaker_opened_at=timezone.now())
+    if tripped != 1:
+        return
+    reason = (f"circuit breaker tripped for {tool.name} after "
+              f"{settings.GATEHOUSE_BREAKER_THRESHOLD} consecutive failures")
+    audit_record(actor=SYSTEM, action="tool.breaker_open", obj=tool,
+                 from_state=BreakerState.CLOSED, to_state=BreakerState.OPEN, reason=reason)
+    # A tripped breaker means the agent's actions are hurting: workflows that act on
+    # their own with this tool drop to suggest (every action reviewed).
+    for workflow in Workflow.objects.filter(
+        autonomy_level__gte=AutonomyLevel.ACT_LOW_RISK, proposals__tool=tool
+    ).distinct():
+        workflow_demote(actor=SYSTEM, workflow=workflow, to_level=AutonomyLevel.SUGGEST,
+                        reason=reason, automatic=True, evidence={"tool": tool.name})
+
+
+def execute_one(execution_id: int) -> str:
+    """The worker's whole job for one message. Returns what happened, for logs."""
+    claim = execution_claim(execution_id=execution_id)
+    if claim is None:
+        return "skipped"
+    target = claim.tool.executor_target
+    try:
+        if claim.tool.executor_kind == "webhook":
+            result = executors.run_webhook(target, claim.request)
+        else:
+            result = executors.run_python(target, claim.request)
+    except executors.PermanentError as exc:
+        execution_finish(claim=claim, error=str(exc), transient=False)
+        return "failed"
+    except Exception as exc:  # noqa: BLE001 - anything else may be transient
+        execution_finish(claim=claim, error=f"{type(exc).__name__}: {exc}", transient=True)
+        return "retry"
+    execution_finish(claim=claim, result=result)
+    return "succeeded"
+
+
+def executions_sweep(*, limit: int = 1000) -> int:
+    """The outbox sweeper: republish what the broker may have lost, release held rows.
+
+    Republishing is always safe: a duplicate message finds the row claimed or done.
+    """
+    now = timezone.now()
+    grace = timedelta(seconds=settings.GATEHOUSE_OUTBOX_GRACE_SECONDS)
+    due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    queued = Execution.objects.filter(due, status=ExecutionStatus.QUEUED).filter(
+        Q(published_at__isnull=True, created_at__lt=now - grace) | Q(published_at__lt=now - grace)
+    )
+    stale = Execution.objects.filter(
+        status=ExecutionStatus.RUNNING, claimed_at__lt=now - _stale_after()
+    )
+    ids = list(queued.values_list("pk", flat=True)[:limit])
+    ids += list(stale.values_list("pk", flat=True)[:limit])
+    ids += executions_release_held(limit=limit)
+    for pk in ids:
+        dispatch.publish_execution(pk)
+    return len(ids)
+
+
+@transaction.atomic
+def executions_release_held(*, limit: int = 1000) -> list[int]:
+    """Held rows whose reason has cleared go back to QUEUED (audited)."""
+    switch = break_glass_get()
+    if switch.read_only:
+        return []
+    released: list[int] = []
+    now = timezone.now()
+    cooldown = timedelta(seconds=settings.GATEHOUSE_BREAKER_COOLDOWN_SECONDS)
+    held = (Execution.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status=ExecutionStatus.HELD)
+            .select_related("proposal__tool", "proposal__workflow")[:limit])
+    for execution in held:
+        tool = execution.proposal.tool
+        if _blocked_by(switch, execution.proposal.workflow, tool):
+            continue
+        if (tool.breaker_state == BreakerState.OPEN and tool.breaker_opened_at
+                and tool.breaker_opened_at + cooldown > now):
+            continue
+        Execution.objects.filter(pk=execution.pk, status=ExecutionStatus.HELD).update(
+            status=ExecutionStatus.QUEUED
+        )
+        audit_record(actor=SYSTEM, action="execution.release", obj=execution,
+                     from_state=ExecutionStatus.HELD, to_state=ExecutionStatus.QUEUED)
+        released.append(execution.pk)
+    return released

@@ -1,0 +1,493 @@
+"""Every state change of runs, proposals and the break-glass switch.
+
+One function per transition, one transaction each, a row lock or a guarded update
+whose row count is checked, and an audit event in the same transaction. Work for the
+worker is enqueued with transaction.on_commit, never inside the transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import jsonschema
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from agents.audit import SYSTEM, Actor, audit_record
+from agents.models import Agent, Policy, Tool, Workflow
+from agents.policy import DEFAULT_POLICY_YAML, PolicySpec, parse_policy
+from approvals import dispatch, gateway, pii
+from approvals.selectors import user_can_review
+from approvals.models import (
+    BreakGlass,
+    Decision,
+    Execution,
+    FailureCategory,
+    Proposal,
+    ProposalStatus,
+    Run,
+    RunStatus,
+    WebhookDelivery,
+)
+
+
+class ConflictError(Exception):
+    """The object is not in the state the caller expected (HTTP 409)."""
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body (HTTP 422)."""
+
+
+def canonical_hash(value: Any) -> str:
+    return hashlib.sha256(
+        json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()
+
+
+def break_glass_get() -> BreakGlass:
+    switch, _ = BreakGlass.objects.get_or_create(pk=1)
+    return switch
+
+
+def active_policy(workflow: Workflow) -> tuple[Policy | None, PolicySpec]:
+    policy = workflow.policies.filter(is_active=True).first()
+    if policy is None:
+        return None, parse_policy(DEFAULT_POLICY_YAML)
+    return policy, parse_policy(policy.document)
+
+
+def validate_arguments(tool: Tool, arguments: Any, *, field: str = "arguments") -> None:
+    """Validate against the tool's JSON Schema; the error names the offending field."""
+    if not isinstance(arguments, dict):
+        raise ValidationError({field: ["must be a JSON object"]})
+    if not tool.input_schema:
+        return
+    validator = jsonschema.Draft202012Validator(tool.input_schema)
+    errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return
+    detail: dict[str, list[str]] = {}
+    for error in errors:
+        path = list(error.absolute_path)
+        if error.validator == "required":
+            missing = error.message.split("'")[1] if "'" in error.message else ""
+            path = [*path, missing]
+        key = ".".join([field, *[str(p) for p in path if p != ""]])
+        detail.setdefault(key, []).append(error.message)
+    raise ValidationError(detail)
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+@transaction.atomic
+def run_open(*, actor: Agent, workflow: Workflow, case_ref: str, agent_version: str = "") -> Run:
+    if not actor.workflows.filter(pk=workflow.pk).exists():
+        raise PermissionDenied(f"agent {actor.name} is not registered for workflow {workflow.slug}")
+    run = Run.objects.create(
+        workflow=workflow, agent=actor, case_ref=case_ref, agent_version=agent_version
+    )
+    audit_record(actor=actor, action="run.open", obj=run, to_state=RunStatus.OPEN,
+                 data={"workflow": workflow.slug, "case_ref": case_ref})
+    return run
+
+
+@transaction.atomic
+def run_close(*, actor: Agent | AbstractBaseUser, run: Run, outcome: str = "") -> Run:
+    updated = Run.objects.filter(pk=run.pk, status=RunStatus.OPEN).update(
+        status=RunStatus.CLOSED, closed_at=timezone.now(), outcome=outcome
+    )
+    if updated != 1:
+        raise ConflictError("run is already closed")
+    audit_record(actor=actor, action="run.close", obj=run, from_state=RunStatus.OPEN,
+                 to_state=RunStatus.CLOSED, reason=outcome)
+    run.refresh_from_db()
+    return run
+
+
+def _claim_budget(run: Run, spec: PolicySpec, tokens: int, cost: Decimal) -> str | None:
+    """Atomically add one tool call and its tokens/cost to the run, within budget.
+
+    A single guarded UPDATE: under concurrency PostgreSQL re-evaluates the WHERE after
+    taking the row lock, so 50 parallel proposals against a budget of 10 see exactly
+    10 successes. Returns None on success, else what was exceeded.
+    """
+    guard = Q(pk=run.pk, status=RunStatus.OPEN)
+    if spec.max_tool_calls is not None:
+        guard &= Q(tool_calls__lt=spec.max_tool_calls)
+    if spec.max_total_tokens is not None:
+        guard &= Q(tokens__lte=spec.max_total_tokens - tokens)
+    if spec.max_cost_usd is not None:
+        guard &= Q(cost__lte=spec.max_cost_usd - cost)
+    updated = Run.objects.filter(guard).update(
+        tool_calls=F("tool_calls") + 1, tokens=F("tokens") + tokens, cost=F("cost") + cost
+    )
+    if updated == 1:
+        return None
+    current = Run.objects.get(pk=run.pk)
+    if current.status != RunStatus.OPEN:
+        raise ConflictError("run is closed")
+    if spec.max_tool_calls is not None and current.tool_calls >= spec.max_tool_calls:
+        return f"max_tool_calls {spec.max_tool_calls} reached"
+    if spec.max_total_tokens is not None and current.tokens + tokens > spec.max_total_tokens:
+        return f"max_total_tokens {spec.max_total_tokens} would be exceeded"
+    return f"max_cost_usd {spec.max_cost_usd} would be exceeded"
+
+
+# ----------------------------------------------------------------------- proposals
+
+
+@dataclass
+class SubmitResult:
+    proposal: Proposal
+    replayed: bool
+
+
+def _lock_idempotency_key(agent: Agent, key: str) -> None:
+    if connection.vendor == "postgresql":
+        # Two identical requests racing: the second waits here, then replays the first.
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                        [f"idem:{agent.pk}:{key}"])
+
+
+@transaction.atomic
+def proposal_submit(
+    *,
+    actor: Agent,
+    run: Run,
+    tool_name: str,
+    arguments: dict[str, Any],
+    idempotency_key: str,
+    draft_text: str = "",
+    rationale: str = "",
+    model_name: str = "",
+    agent_version: str = "",
+    tokens: int = 0,
+    cost: Decimal = Decimal("0"),
+) -> SubmitResult:
+    """Ingest a proposal and let the gateway decide. Replays on a repeated key."""
+    request_hash = canonical_hash({
+        "run": run.pk, "tool": tool_name, "arguments": arguments, "draft_text": draft_text,
+        "rationale": rationale, "model": model_name, "agent_version": agent_version,
+        "tokens": tokens, "cost": str(cost),
+    })
+    _lock_idempotency_key(actor, idempotency_key)
+    existing = Proposal.objects.filter(agent=actor, idempotency_key=idempotency_key).first()
+    if existing is not None:
+        if existing.request_hash != request_hash:
+            raise IdempotencyConflict(
+                "Idempotency-Key was already used with a different request body"
+            )
+        return SubmitResult(existing, replayed=True)
+
+    if run.agent_id != actor.pk:
+        raise PermissionDenied("run belongs to another agent")
+    workflow = Workflow.objects.get(pk=run.workflow_id)
+    tool = Tool.objects.filter(name=tool_name).first()
+    if tool is not None:
+        validate_arguments(tool, arguments)
+    policy, spec = active_policy(workflow)
+    switch = break_glass_get()
+
+    inp = gateway.GatewayInput(
+        workflow=workflow, level=workflow.autonomy_level, tool_name=tool_name, tool=tool,
+        spec=spec, arguments=arguments, read_only=switch.read_only,
+        disabled_categories=list(switch.disabled_categories), budget_problem=None,
+        has_draft=bool(draft_text.strip()),
+    )
+    # Budgets are only claimed for proposals that got past break-glass and the
+    # allow-list, in the gateway's order.
+    if not gateway.check_break_glass(inp) and tool is not None and tool_name in spec.allowed_tools:
+        inp.budget_problem = _claim_budget(run, spec, tokens, cost)
+    elif Run.objects.filter(pk=run.pk, status=RunStatus.OPEN).count() != 1:
+        raise ConflictError("run is closed")
+    result = gateway.decide(inp)
+
+    now = timezone.now()
+    sla_deadline = None
+    if result.status == ProposalStatus.PENDING:
+        minutes = spec.review_sla_minutes or settings.GATEHOUSE_DEFAULT_SLA_MINUTES
+        sla_deadline = now + timedelta(minutes=minutes)
+    proposal = Proposal.objects.create(
+        run=run, workflow=workflow, agent=actor, tool=tool, tool_name=tool_name,
+        arguments=arguments, args_hash=canonical_hash(arguments), draft_text=draft_text,
+        rationale=rationale, model_name=model_name,
+        agent_version=agent_version or run.agent_version, tokens=tokens, cost=cost,
+        decision=result.decision, decision_reasons=result.reasons, policy=policy,
+        level_at_decision=workflow.autonomy_level, violation=result.violation,
+        fallback_applied=result.fallback, status=result.status, sla_deadline=sla_deadline,
+        decided_at=now if result.status != ProposalStatus.PENDING else None,
+        idempotency_key=idempotency_key, request_hash=request_hash,
+    )
+    audit_record(actor=actor, action="proposal.submit", obj=proposal, to_state=result.status,
+                 reason="; ".join(result.reasons),
+                 data={"decision": result.decision, "tool": tool_name,
+                       "args_hash": proposal.args_hash, "violation": result.violation,
+                       "policy_version": policy.version if policy else None})
+    if result.executes:
+        _execution_create(proposal, dry_run=spec.dry_run)
+    if result.status != ProposalStatus.PENDING:
+        proposal_notify(proposal, "proposal.decided")
+    return SubmitResult(proposal, replayed=False)
+
+
+def _transition(
+    *,
+    actor: Actor,
+    proposal: Proposal,
+    to_status: ProposalStatus,
+    expected_version: int | None,
+    expected_args_hash: str | None = None,
+    from_statuses: tuple[str, ...] = (ProposalStatus.PENDING,),
+    reason: str = "",
+    action: str,
+    extra: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> Proposal:
+    """The one guarded transition every review action goes through."""
+    locked = Proposal.objects.select_for_update().filter(pk=proposal.pk).first()
+    if locked is None:
+        raise Proposal.DoesNotExist
+    if locked.status not in from_statuses:
+        raise ConflictError(f"proposal is {locked.status}, not {' or '.join(from_statuses)}")
+    if expected_version is not None and locked.version != expected_version:
+        raise ConflictError(
+            f"proposal changed (version {locked.version}, you saw {expected_version}); reload"
+        )
+    if expected_args_hash is not None and expected_args_hash != locked.args_hash:
+        raise ConflictError("the arguments you reviewed were superseded; reload")
+    fields: dict[str, Any] = {
+        "status": to_status, "version": locked.version + 1, **(extra or {}),
+    }
+    updated = Proposal.objects.filter(
+        pk=locked.pk, status=locked.status, version=locked.version
+    ).update(**fields)
+    if updated != 1:  # pragma: no cover - the row lock makes this unreachable
+        raise ConflictError("proposal changed; reload")
+    audit_record(actor=actor, action=action, obj=locked, from_state=locked.status,
+                 to_state=to_status, reason=reason,
+                 data={"version": locked.version + 1, **(data or {})})
+    locked.refresh_from_db()
+    return locked
+
+
+def _reviewer_may_decide(user: AbstractBaseUser, proposal: Proposal) -> None:
+    if not user_can_review(user, proposal.workflow):
+        raise PermissionDenied("you are not a reviewer of this workflow")
+
+
+@transaction.atomic
+def proposal_approve(
+    *,
+    actor: AbstractBaseUser,
+    proposal: Proposal,
+    expected_version: int | None,
+    expected_args_hash: str | None = None,
+    edited_arguments: dict[str, Any] | None = None,
+    edited_text: str | None = None,
+    note: str = "",
+    failure_category: str = "",
+) -> Proposal:
+    """Approve, optionally after editing; edited arguments are re-validated."""
+    _reviewer_may_decide(actor, proposal)
+    switch = break_glass_get()
+    if switch.read_only:
+        raise ConflictError("break-glass read-only mode is on; nothing can be approved")
+    extra: dict[str, Any] = {
+        "decided_by_id": actor.pk, "decided_at": timezone.now(), "review_note": note,
+    }
+    data: dict[str, Any] = {}
+    edited = False
+    if edited_arguments is not None:
+        edited_arguments = pii.restore(edited_arguments, proposal.arguments)
+        if edited_arguments != proposal.arguments:
+            if proposal.tool is None:
+                raise ValidationError({"arguments": ["the tool is not registered"]})
+            validate_arguments(proposal.tool, edited_arguments)
+            extra["final_arguments"] = edited_arguments
+            data["final_args_hash"] = canonical_hash(edited_arguments)
+            edited = True
+    if edited_text is not None:
+        edited_text = pii.restore(edited_text, proposal.draft_text)
+    if edited_text is not None and edited_text != proposal.draft_text:
+        extra["final_text"] = edited_text
+        edited = True
+    if edited:
+        if failure_category and failure_category not in FailureCategory.values:
+            raise ValidationError({"failure_category": ["unknown failure category"]})
+        extra["edited"] = True
+        extra["reject_reason"] = failure_category
+    approved = _transition(
+        actor=actor, proposal=proposal, to_status=ProposalStatus.APPROVED,
+        expected_version=expected_version, expected_args_hash=expected_args_hash,
+        reason=note, action="proposal.edit_approve" if edited else "proposal.approve",
+        extra=extra, data=data,
+    )
+    policy_spec = parse_policy(approved.policy.document) if approved.policy else None
+    _execution_create(approved, dry_run=bool(policy_spec and policy_spec.dry_run))
+    proposal_notify(approved, "proposal.decided")
+    return approved
+
+
+@transaction.atomic
+def proposal_reject(
+    *,
+    actor: AbstractBaseUser,
+    proposal: Proposal,
+    expected_version: int | None,
+    reason_code: str,
+    note: str = "",
+) -> Proposal:
+    _reviewer_may_decide(actor, proposal)
+    if reason_code not in FailureCategory.values:
+        raise ValidationError({"reason_code": [
+            f"must be one of {', '.join(FailureCategory.values)}"]})
+    rejected = _transition(
+        actor=actor, proposal=proposal, to_status=ProposalStatus.REJECTED,
+        expected_version=expected_version, reason=note or reason_code,
+        action="proposal.reject",
+        extra={"decided_by_id": actor.pk, "decided_at": timezone.now(),
+               "review_note": note, "reject_reason": reason_code},
+        data={"reason_code": reason_code},
+    )
+    proposal_notify(rejected, "proposal.decided")
+    return rejected
+
+
+@transaction.atomic
+def proposal_hand_off(
+    *, actor: AbstractBaseUser, proposal: Proposal, expected_version: int | None, note: str = ""
+) -> Proposal:
+    """A human takes the case over; the agent's action is not executed."""
+    _reviewer_may_decide(actor, proposal)
+    handed = _transition(
+        actor=actor, proposal=proposal, to_status=ProposalStatus.HANDED_OFF,
+        expected_version=expected_version, reason=note, action="proposal.hand_off",
+        extra={"decided_by_id": actor.pk, "decided_at": timezone.now(), "review_note": note,
+               "fallback_applied": "human_handoff"},
+    )
+    proposal_notify(handed, "proposal.decided")
+    return handed
+
+
+@transaction.atomic
+def proposal_expire(*, proposal: Proposal) -> Proposal | None:
+    """SLA passed: apply the policy's on_timeout fallback. None if already decided."""
+    try:
+        spec = parse_policy(proposal.policy.document) if proposal.policy else active_policy(
+            proposal.workflow)[1]
+        fallback = spec.fallback.get("on_timeout", "human_handoff")
+        to_status = {
+            "human_handoff": ProposalStatus.HANDED_OFF,
+            "reject": ProposalStatus.EXPIRED,
+            "escalate": ProposalStatus.PENDING,
+        }[fallback]
+        extra: dict[str, Any] = {"fallback_applied": f"on_timeout:{fallback}",
+                                 "decided_at": timezone.now()}
+        if to_status == ProposalStatus.PENDING:
+            # Escalation keeps it in the queue with a fresh deadline, flagged.
+            extra = {"fallback_applied": "on_timeout:escalate", "sla_deadline": timezone.now()
+                     + timedelta(minutes=spec.review_sla_minutes
+                                 or settings.GATEHOUSE_DEFAULT_SLA_MINUTES)}
+        expired = _transition(
+            actor=SYSTEM, proposal=proposal, to_status=to_status, expected_version=None,
+            reason=f"review SLA passed; fallback {fallback}", action="proposal.expire",
+            extra=extra,
+        )
+    except ConflictError:
+        return None
+    if expired.status != ProposalStatus.PENDING:
+        proposal_notify(expired, "proposal.decided")
+    return expired
+
+
+def proposals_expire_overdue(*, limit: int = 500) -> int:
+    """Beat task body: expire each overdue pending item in its own transaction."""
+    now = timezone.now()
+    overdue = list(
+        Proposal.objects.filter(status=ProposalStatus.PENDING, sla_deadline__lt=now)
+        .exclude(fallback_applied="on_timeout:escalate")
+        .order_by("sla_deadline")
+        .values_list("pk", flat=True)[:limit]
+    )
+    done = 0
+    for pk in overdue:
+        proposal = Proposal.objects.select_related("policy", "workflow").get(pk=pk)
+        if proposal_expire(proposal=proposal) is not None:
+            done += 1
+    return done
+
+
+# ------------------------------------------------------------------ break-glass
+
+
+@transaction.atomic
+def break_glass_update(
+    *,
+    actor: AbstractBaseUser,
+    read_only: bool | None = None,
+    disabled_categories: list[str] | None = None,
+    reason: str,
+) -> BreakGlass:
+    """Flip the switch. Workers re-read it under the execution row lock, so once this
+    commits no execution starts."""
+    if not reason.strip():
+        raise ValidationError({"reason": ["a reason is required"]})
+    break_glass_get()
+    switch = BreakGlass.objects.select_for_update().get(pk=1)
+    before = {"read_only": switch.read_only, "disabled_categories": list(switch.disabled_categories)}
+    if read_only is not None:
+        switch.read_only = read_only
+    if disabled_categories is not None:
+        switch.disabled_categories = sorted({c.strip() for c in disabled_categories if c.strip()})
+    switch.updated_by = actor
+    switch.reason = reason
+    switch.save()
+    after = {"read_only": switch.read_only, "disabled_categories": switch.disabled_categories}
+    audit_record(actor=actor, action="break_glass.update", obj=switch,
+                 from_state=json.dumps(before)[:30], to_state=json.dumps(after)[:30],
+                 reason=reason, data={"before": before, "after": after})
+    return switch
+
+
+# ---------------------------------------------------------------- execution, notify
+
+
+def _execution_create(proposal: Proposal, *, dry_run: bool) -> Execution:
+    """The outbox row, written in the approval's transaction; published after commit."""
+    execution = Execution.objects.create(proposal=proposal, dry_run=dry_run)
+    transaction.on_commit(lambda: dispatch.publish_execution(execution.pk))
+    return execution
+
+
+def proposal_notify(proposal: Proposal, event: str, extra: dict[str, Any] | None = None) -> None:
+    agent = proposal.agent
+    if not agent.webhook_url:
+        return
+    payload = {
+        "event": event, "proposal_id": proposal.pk, "run_id": proposal.run_id,
+        "status": proposal.status, "decision": proposal.decision,
+        "reasons": proposal.decision_reasons, **(extra or {}),
+    }
+    delivery = WebhookDelivery.objects.create(
+        agent=agent, proposal=proposal, event=event, payload=payload
+    )
+    transaction.on_commit(lambda: dispatch.publish_webhook(delivery.pk))
+
+
+__all__ = [
+    "ConflictError", "IdempotencyConflict", "Decision", "run_open", "run_close",
+    "proposal_submit", "proposal_approve", "proposal_reject", "proposal_hand_off",
+    "proposal_expire", "proposals_expire_overdue", "break_glass_update",
+]

@@ -1,0 +1,27 @@
+"""Thin Celery wrappers: take a pk, call a service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from approvals import execution, services, webhooks
+
+
+@shared_task(name="approvals.tasks.execute", acks_late=True, reject_on_worker_lost=True)
+def execute(execution_id: int) -> str:
+    return execution.execute_one(execution_id)
+
+
+@shared_task(name="approvals.tasks.deliver_webhook", acks_late=True)
+def deliver_webhook(delivery_id: int) -> str:
+    return webhooks.webhook_deliver(delivery_id=delivery_id)
+
+
+@shared_task(name="approvals.tasks.expire_overdue")
+def expire_overdue() -> int:
+    return services.proposals_expire_overdue()
+
+
+@shared_task(name="approvals.tasks.sweep_executions")
+def sweep_executions() -> int:
+    return execution.executions_sweep()
