@@ -19,6 +19,7 @@ from agents.models import AuditEvent, Tool
 from agents.services import workflow_set_paused
 from approvals import pii, selectors, services
 from approvals.models import Execution, FailureCategory, Proposal, ProposalStatus
+from shadow import services as review
 
 QUEUE_TABS = [
     (ProposalStatus.PENDING, "Pending"),
@@ -135,7 +136,7 @@ def decide(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     note = request.POST.get("note", "").strip()
     try:
         if action == "approve":
-            proposal = services.proposal_approve(
+            proposal = review.review_approve(
                 actor=request.user, proposal=proposal, expected_version=version,
                 expected_args_hash=request.POST.get("args_hash") or None, note=note)
             return _after_decision(request, proposal, f"Approved #{proposal.pk}.")
@@ -149,14 +150,14 @@ def decide(request: HttpRequest, pk: int, action: str) -> HttpResponse:
             if not isinstance(edited, dict):
                 raise ValidationError({"arguments": ["must be a JSON object"]})
             text = request.POST.get("draft_text")
-            proposal = services.proposal_approve(
+            proposal = review.review_approve(
                 actor=request.user, proposal=proposal, expected_version=version,
                 expected_args_hash=request.POST.get("args_hash") or None,
                 edited_arguments=edited, edited_text=text, note=note,
                 failure_category=request.POST.get("failure_category", ""))
             return _after_decision(request, proposal, f"Edited and approved #{proposal.pk}.")
         if action == "reject":
-            proposal = services.proposal_reject(
+            proposal = review.review_reject(
                 actor=request.user, proposal=proposal, expected_version=version,
                 reason_code=request.POST.get("reason_code", ""), note=note)
             return _after_decision(request, proposal, f"Rejected #{proposal.pk}.")

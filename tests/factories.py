@@ -33,9 +33,15 @@ class UserFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = get_user_model()
         django_get_or_create = ("username",)
+        skip_postgeneration_save = True
 
     username = factory.Sequence(lambda n: f"user{n}")
     password = factory.PostGenerationMethodCall("set_password", "pw-for-tests-123")
+
+    @factory.post_generation
+    def _save(obj, create: bool, extracted: object, **kwargs: object) -> None:  # noqa: N805
+        if create:
+            obj.save()
 
 
 class WorkflowFactory(factory.django.DjangoModelFactory):
