@@ -21,7 +21,7 @@ install: $(STAMP)
 run: export DJANGO_DEBUG ?= 1
 run: install
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py seed_demo
+	$(BIN)/python manage.py seed_demo --token-file var/demo-agent-token.txt
 	$(BIN)/python scripts/run_all.py --host $(HOST) --port $(PORT)
 
 migrate: install

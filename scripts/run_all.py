@@ -46,7 +46,10 @@ def main() -> int:
     print("  broker:  ", env.get("CELERY_BROKER_URL") or f"filesystem ({var / 'broker'})")
     print("  logins:   reviewer / reviewer-demo-2026   manager / manager-demo-2026   "
           "admin / admin-demo-2026")
-    print("  API docs: http://%s:%s/api/docs/" % (args.host, args.port))
+    print(f"  API docs: http://{args.host}:{args.port}/api/docs/")
+    token_file = ROOT / "var" / "demo-agent-token.txt"
+    if token_file.exists():
+        print(f"  agent token (support-bot): {token_file.read_text().strip()}")
     print("Ctrl-C stops web, worker and beat.")
     print("=" * 70 + "\n", flush=True)
 

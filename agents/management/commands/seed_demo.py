@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -75,6 +76,8 @@ class Command(BaseCommand):
                             choices=[lv.value for lv in AutonomyLevel],
                             help="autonomy level for a newly created workflow")
         parser.add_argument("--quiet", action="store_true")
+        parser.add_argument("--token-file", default="",
+                            help="also write the demo agent's fresh token to this file (0600)")
 
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
@@ -114,6 +117,11 @@ class Command(BaseCommand):
             issued = services.agent_rotate_token(actor=SYSTEM, agent=agent)
             agent.workflows.add(workflow)
 
+        if options["token_file"]:
+            path = Path(options["token_file"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(issued.token + "\n")
+            path.chmod(0o600)
         if options["quiet"]:
             return
         self.stdout.write("Demo logins:")
