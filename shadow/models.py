@@ -41,6 +41,9 @@ class HumanOutcome(models.Model):
             )
         ]
 
+    def __str__(self) -> str:
+        return f"outcome {self.pk} ({self.case_ref})"
+
 
 class Verdict(models.TextChoices):
     AGREE = "agree", "agree"
@@ -62,6 +65,9 @@ class Comparison(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["proposal", "outcome"], name="comparison_unique_pair")
         ]
+
+    def __str__(self) -> str:
+        return f"comparison {self.pk} {self.verdict}"
 
 
 class ExampleSource(models.TextChoices):
@@ -91,6 +97,9 @@ class LabeledExample(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["workflow", "source", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"example {self.pk} ({self.source})"
 
 
 class Dataset(models.Model):
@@ -131,6 +140,9 @@ class DatasetVersion(models.Model):
             models.UniqueConstraint(fields=["dataset", "number"], name="dataset_version_unique")
         ]
 
+    def __str__(self) -> str:
+        return f"{self.dataset} v{self.number}"
+
 
 class ExportStatus(models.TextChoices):
     QUEUED = "queued", "queued"
@@ -148,7 +160,9 @@ class ExportFormat(models.TextChoices):
 class ExportJob(models.Model):
     version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="exports")
     format = models.CharField(max_length=10, choices=ExportFormat.choices)
-    status = models.CharField(max_length=10, choices=ExportStatus.choices, default=ExportStatus.QUEUED)
+    status = models.CharField(
+        max_length=10, choices=ExportStatus.choices, default=ExportStatus.QUEUED
+    )
     rows_done = models.PositiveIntegerField(default=0)
     rows_total = models.PositiveIntegerField(default=0)
     file_path = models.CharField(max_length=500, blank=True)
@@ -161,3 +175,6 @@ class ExportJob(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"export {self.pk} {self.format} {self.status}"

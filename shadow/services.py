@@ -8,15 +8,47 @@ together or not at all.
 
 from __future__ import annotations
 
-from typing import Any
+import csv
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import IO, Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+from django.utils.text import slugify
 
-from agents.audit import audit_record
+from agents.audit import SYSTEM, Actor, audit_record
+from agents.models import Policy, Workflow
+from approvals import pii
 from approvals import services as approvals
-from approvals.models import Proposal
-from shadow.models import ExampleSource, LabeledExample
+from approvals.models import FailureCategory, Proposal, ProposalStatus
+from approvals.selectors import user_can_review
+from shadow import comparators
+from shadow.models import (
+    Comparison,
+    Dataset,
+    DatasetVersion,
+    ExampleSource,
+    ExportFormat,
+    ExportJob,
+    ExportStatus,
+    HumanOutcome,
+    LabeledExample,
+    OutcomeSource,
+    Verdict,
+)
+
+log = logging.getLogger(__name__)
 
 
 def _agent_output(proposal: Proposal) -> dict[str, Any]:
@@ -65,3 +97,609 @@ def review_reject(*, actor: AbstractBaseUser, proposal: Proposal, **kwargs: Any)
     rejected = approvals.proposal_reject(actor=actor, proposal=proposal, **kwargs)
     labeled_example_from_review(actor=actor, proposal=rejected)
     return rejected
+
+
+# ------------------------------------------------------------------ human outcomes
+#
+# A shadow proposal (level 0) is only recorded. What the human actually did for the
+# same case arrives later (API, CSV or by hand); each outcome is compared with every
+# shadow proposal of that workflow whose run has the same case_ref, and each
+# comparison becomes a labeled example. Proposals that arrive after their outcome are
+# picked up by shadow_match_pending (beat, every minute).
+
+MAX_CSV_ROWS = 20_000
+CSV_COLUMNS = ("case_ref", "tool", "arguments", "text", "external_id")
+MATCH_WINDOW = timedelta(days=7)
+
+
+class OutcomeConflict(Exception):
+    """external_id was already used for this workflow with different content (HTTP 409)."""
+
+
+@dataclass
+class IngestResult:
+    outcome: HumanOutcome
+    replayed: bool
+    comparisons: list[Comparison]
+
+
+def _check_outcome_fields(*, case_ref: Any, tool_name: Any, arguments: Any, text: Any,
+                          source: Any, external_id: Any) -> None:
+    errors: dict[str, list[str]] = {}
+    if not isinstance(case_ref, str) or not case_ref.strip():
+        errors["case_ref"] = ["required"]
+    elif len(case_ref) > 200:
+        errors["case_ref"] = ["at most 200 characters"]
+    if not isinstance(tool_name, str) or not tool_name.strip():
+        errors["tool"] = ["required"]
+    elif len(tool_name) > 100:
+        errors["tool"] = ["at most 100 characters"]
+    if not isinstance(arguments, dict):
+        errors["arguments"] = ["must be a JSON object"]
+    if not isinstance(text, str):
+        errors["text"] = ["must be a string"]
+    if not isinstance(external_id, str) or len(external_id) > 200:
+        errors["external_id"] = ["must be a string of at most 200 characters"]
+    if source not in OutcomeSource.values:
+        errors["source"] = [f"must be one of {', '.join(OutcomeSource.values)}"]
+    if errors:
+        raise ValidationError(errors)
+
+
+def _may_see(actor: Actor, workflow: Workflow) -> None:
+    """Human outcomes and datasets come from people (or the system), never from agents:
+    an agent that could post "what the human did" would grade its own work."""
+    if actor is SYSTEM:
+        return
+    if not isinstance(actor, AbstractBaseUser) or not user_can_review(actor, workflow):
+        raise PermissionDenied("you are not a reviewer of this workflow")
+
+
+def _comparator_key(proposal: Proposal) -> str:
+    return proposal.tool.comparator if proposal.tool is not None else "fields"
+
+
+def _compare_and_label(actor: Actor, proposal: Proposal, outcome: HumanOutcome) -> Comparison:
+    """One comparison and its labeled example. Caller holds the proposal's row lock."""
+    try:
+        result = comparators.compare(
+            _comparator_key(proposal),
+            comparators.Side(proposal.tool_name, proposal.arguments, proposal.draft_text),
+            comparators.Side(outcome.tool_name, outcome.arguments, outcome.text))
+    except comparators.UnknownComparator:
+        # A misconfigured tool must not lose the outcome: fall back to field rules.
+        result = comparators.compare(
+            "fields",
+            comparators.Side(proposal.tool_name, proposal.arguments, proposal.draft_text),
+            comparators.Side(outcome.tool_name, outcome.arguments, outcome.text))
+    comparison = Comparison.objects.create(
+        proposal=proposal, outcome=outcome, comparator=result.comparator,
+        verdict=result.verdict, score=result.score, field_diff=result.field_diff)
+    example = LabeledExample.objects.create(
+        workflow_id=proposal.workflow_id, proposal=proposal, comparison=comparison,
+        source=ExampleSource.SHADOW, agent_version=proposal.agent_version,
+        tool_name=proposal.tool_name, context=_context(proposal),
+        agent_output=_agent_output(proposal),
+        human_output={"tool": outcome.tool_name, "arguments": outcome.arguments,
+                      "text": outcome.text},
+        is_good=result.verdict == Verdict.AGREE, failure_category=result.failure_category,
+        note=f"shadow {result.comparator} comparison: {result.verdict} ({result.score:.2f})",
+    )
+    audit_record(actor=actor, action="shadow.compare", obj=comparison, to_state=result.verdict,
+                 data={"proposal": proposal.pk, "outcome": outcome.pk, "score": result.score,
+                       "example": example.pk, "failure_category": result.failure_category})
+    return comparison
+
+
+def _lock_external_id(workflow: Workflow, external_id: str) -> None:
+    if connection.vendor == "postgresql":
+        # Two deliveries of the same outcome racing: the second waits, then replays.
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                        [f"outcome:{workflow.pk}:{external_id}"])
+
+
+@transaction.atomic
+def outcome_ingest(
+    *,
+    actor: Actor,
+    workflow: Workflow,
+    case_ref: str,
+    tool_name: str,
+    arguments: dict[str, Any] | None = None,
+    text: str = "",
+    source: str = OutcomeSource.API,
+    external_id: str = "",
+) -> IngestResult:
+    """Record what a human did and compare it with the case's shadow proposals.
+
+    Idempotent on external_id: the same id returns the same outcome (replayed=True);
+    the same id with different content is an OutcomeConflict.
+    """
+    arguments = {} if arguments is None else arguments
+    _check_outcome_fields(case_ref=case_ref, tool_name=tool_name, arguments=arguments,
+                          text=text, source=source, external_id=external_id)
+    _may_see(actor, workflow)
+    case_ref, tool_name, external_id = case_ref.strip(), tool_name.strip(), external_id.strip()
+    if external_id:
+        _lock_external_id(workflow, external_id)
+        existing = HumanOutcome.objects.filter(workflow=workflow, external_id=external_id).first()
+        if existing is not None:
+            same = (existing.case_ref, existing.tool_name, existing.arguments, existing.text) == (
+                case_ref, tool_name, arguments, text)
+            if not same:
+                raise OutcomeConflict(
+                    f"external_id {external_id!r} was already used with different content")
+            return IngestResult(existing, True, list(existing.comparisons.all()))
+    outcome = HumanOutcome.objects.create(
+        workflow=workflow, case_ref=case_ref, tool_name=tool_name, arguments=arguments,
+        text=text, source=source, external_id=external_id,
+        created_by=actor if isinstance(actor, AbstractBaseUser) else None)
+    audit_record(actor=actor, action="outcome.record", obj=outcome, to_state=source,
+                 data={"workflow": workflow.slug, "case_ref": case_ref, "tool": tool_name,
+                       "external_id": external_id})
+    # Lock the case's shadow proposals so the pending matcher cannot compare the same
+    # pair at the same moment (it takes the same locks, in the same id order).
+    proposals = list(
+        Proposal.objects.select_for_update(of=("self",))
+        .filter(workflow=workflow, status=ProposalStatus.SHADOW, run__case_ref=case_ref)
+        .select_related("tool", "run", "policy").order_by("id"))
+    comparisons = [_compare_and_label(actor, p, outcome) for p in proposals]
+    return IngestResult(outcome, False, comparisons)
+
+
+def outcome_record(
+    *,
+    actor: Actor,
+    workflow: Workflow,
+    case_ref: str,
+    tool_name: str,
+    arguments: dict[str, Any] | None = None,
+    text: str = "",
+    source: str = OutcomeSource.API,
+    external_id: str = "",
+) -> HumanOutcome:
+    return outcome_ingest(actor=actor, workflow=workflow, case_ref=case_ref,
+                          tool_name=tool_name, arguments=arguments, text=text, source=source,
+                          external_id=external_id).outcome
+
+
+@transaction.atomic
+def shadow_match_proposal(*, actor: Actor = SYSTEM, proposal_id: int) -> list[Comparison]:
+    """Compare one shadow proposal with every outcome of its case it has not met yet."""
+    proposal = (Proposal.objects.select_for_update(of=("self",))
+                .select_related("tool", "run", "policy")
+                .filter(pk=proposal_id, status=ProposalStatus.SHADOW).first())
+    if proposal is None:
+        return []
+    # Re-read after the lock: an outcome_record that held it may have compared already.
+    outcomes = (HumanOutcome.objects.filter(workflow_id=proposal.workflow_id,
+                                            case_ref=proposal.run.case_ref)
+                .exclude(comparisons__proposal=proposal).order_by("id"))
+    return [_compare_and_label(actor, proposal, o) for o in outcomes]
+
+
+def shadow_match_pending(*, limit: int = 500, window: timedelta = MATCH_WINDOW) -> int:
+    """Beat body: shadow proposals that arrived after their outcome. Each proposal is
+    matched in its own transaction, so one bad row cannot hold the rest back.
+
+    Only recent proposals are scanned: an outcome that arrives later than its
+    proposal is compared at once by outcome_ingest, so only the other order is left.
+    """
+    has_outcome = HumanOutcome.objects.filter(
+        workflow_id=OuterRef("workflow_id"), case_ref=OuterRef("run__case_ref"))
+    compared = Comparison.objects.filter(proposal_id=OuterRef("pk"))
+    ids = list(
+        Proposal.objects.filter(status=ProposalStatus.SHADOW,
+                                created_at__gte=timezone.now() - window)
+        .filter(Exists(has_outcome), ~Exists(compared))
+        .order_by("id").values_list("id", flat=True)[:limit])
+    return sum(len(shadow_match_proposal(proposal_id=pk)) for pk in ids)
+
+
+def _read_csv(file: IO[bytes] | IO[str]) -> tuple[list[str], list[dict[str, str]]]:
+    raw = file.read()
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ValidationError({"file": [f"not UTF-8 text (byte {exc.start})"]}) from exc
+    reader = csv.DictReader(io.StringIO(raw, newline=""))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    reader.fieldnames = header
+    missing = [c for c in ("case_ref", "tool") if c not in header]
+    if missing:
+        raise ValidationError({"file": [f"row 1 (header): missing column {', '.join(missing)}; "
+                                        f"columns are {','.join(CSV_COLUMNS)}"]})
+    unknown = [c for c in header if c not in CSV_COLUMNS]
+    if unknown:
+        raise ValidationError({"file": [f"row 1 (header): unknown column {', '.join(unknown)}"]})
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise ValidationError({"file": [f"row {reader.line_num}: {exc}"]}) from exc
+    return header, rows
+
+
+def _csv_row(number: int, row: dict[str, Any], errors: dict[str, list[str]]) -> dict[str, Any]:
+    """Validate one row; errors are keyed 'row N, column' (the header is row 1)."""
+    def err(column: str, message: str) -> None:
+        errors.setdefault(f"row {number}, {column}", []).append(message)
+
+    if None in row:  # csv puts surplus cells under the key None
+        err("(extra cells)", "more cells than header columns")
+    values = {k: (v or "").strip() if isinstance(v, str) else "" for k, v in row.items() if k}
+    case_ref, tool = values.get("case_ref", ""), values.get("tool", "")
+    if not case_ref:
+        err("case_ref", "required")
+    elif len(case_ref) > 200:
+        err("case_ref", "at most 200 characters")
+    if not tool:
+        err("tool", "required")
+    elif len(tool) > 100:
+        err("tool", "at most 100 characters")
+    arguments: Any = {}
+    if values.get("arguments"):
+        try:
+            arguments = json.loads(values["arguments"])
+        except json.JSONDecodeError as exc:
+            err("arguments", f"not valid JSON: {exc.msg} (char {exc.pos})")
+        else:
+            if not isinstance(arguments, dict):
+                err("arguments", "must be a JSON object")
+    if len(values.get("external_id", "")) > 200:
+        err("external_id", "at most 200 characters")
+    return {"case_ref": case_ref, "tool_name": tool, "arguments": arguments,
+            "text": row.get("text") or "", "external_id": values.get("external_id", "")}
+
+
+@transaction.atomic
+def outcomes_import_csv(*, actor: AbstractBaseUser, workflow: Workflow,
+                        file: IO[bytes] | IO[str]) -> list[IngestResult]:
+    """All or nothing: every row is validated first; any error (named by row number and
+    column) writes nothing."""
+    _may_see(actor, workflow)
+    _, rows = _read_csv(file)
+    if not rows:
+        raise ValidationError({"file": ["no data rows"]})
+    if len(rows) > MAX_CSV_ROWS:
+        raise ValidationError({"file": [f"at most {MAX_CSV_ROWS} rows per upload"]})
+    errors: dict[str, list[str]] = {}
+    parsed = [_csv_row(i, row, errors) for i, row in enumerate(rows, start=2)]
+    if errors:
+        raise ValidationError(errors)
+    results = []
+    for number, fields in enumerate(parsed, start=2):
+        try:
+            results.append(outcome_ingest(actor=actor, workflow=workflow,
+                                          source=OutcomeSource.CSV, **fields))
+        except OutcomeConflict as exc:
+            # Raising out of the atomic block rolls back the rows already recorded.
+            raise ValidationError({f"row {number}, external_id": [str(exc)]}) from exc
+    audit_record(actor=actor, action="outcome.import_csv", obj=workflow,
+                 data={"rows": len(parsed),
+                       "created": sum(not r.replayed for r in results),
+                       "comparisons": sum(len(r.comparisons) for r in results)})
+    return results
+
+
+# ---------------------------------------------------------------------- datasets
+
+EXPORT_BATCH = 2000
+EXPORT_TASK = "shadow.tasks.export_dataset"
+
+
+@transaction.atomic
+def dataset_create(*, actor: AbstractBaseUser, workflow: Workflow, name: str,
+                   description: str = "") -> Dataset:
+    _may_see(actor, workflow)
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": ["required"]})
+    if len(name) > 100:
+        raise ValidationError({"name": ["at most 100 characters"]})
+    if Dataset.objects.filter(workflow=workflow, name=name).exists():
+        raise ValidationError({"name": [f"a dataset named {name!r} already exists here"]})
+    dataset = Dataset.objects.create(workflow=workflow, name=name,
+                                     description=(description or "").strip(), created_by=actor)
+    audit_record(actor=actor, action="dataset.create", obj=dataset,
+                 data={"workflow": workflow.slug, "name": name})
+    return dataset
+
+
+def _parse_date(raw: str, field: str) -> date | None:
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError as exc:
+        raise ValidationError({field: ["a date like 2026-11-25"]}) from exc
+
+
+def clean_version_filters(raw: dict[str, Any]) -> dict[str, Any]:
+    """Form or JSON filters -> the normalised dict stored on the version."""
+    def text(key: str) -> str:
+        value = raw.get(key, "")
+        return str(value).strip() if value is not None else ""
+
+    filters: dict[str, Any] = {}
+    errors: dict[str, list[str]] = {}
+    if source := text("source"):
+        if source not in ExampleSource.values:
+            errors["source"] = [f"must be one of {', '.join(ExampleSource.values)}"]
+        filters["source"] = source
+    is_good = raw.get("is_good", "")
+    if isinstance(is_good, bool):
+        filters["is_good"] = is_good
+    elif str(is_good).strip().lower() in ("true", "1", "yes", "good"):
+        filters["is_good"] = True
+    elif str(is_good).strip().lower() in ("false", "0", "no", "bad"):
+        filters["is_good"] = False
+    elif str(is_good).strip() not in ("", "none", "any"):
+        errors["is_good"] = ["true, false or empty"]
+    if category := text("failure_category"):
+        if category not in FailureCategory.values:
+            errors["failure_category"] = [f"must be one of {', '.join(FailureCategory.values)}"]
+        filters["failure_category"] = category
+    for key in ("agent_version", "tool"):
+        if value := text(key):
+            filters[key] = value[:100]
+    try:
+        date_from = _parse_date(text("date_from"), "date_from")
+        date_to = _parse_date(text("date_to"), "date_to")
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
+    else:
+        if date_from and date_to and date_from > date_to:
+            errors["date_to"] = ["must not be before date_from"]
+        if date_from:
+            filters["date_from"] = date_from.isoformat()
+        if date_to:
+            filters["date_to"] = date_to.isoformat()
+    if errors:
+        raise ValidationError(errors)
+    return filters
+
+
+def _examples_matching(workflow: Workflow, filters: dict[str, Any]) -> Q:
+    q = Q(workflow=workflow)
+    if "source" in filters:
+        q &= Q(source=filters["source"])
+    if "is_good" in filters:
+        q &= Q(is_good=filters["is_good"])
+    if "failure_category" in filters:
+        q &= Q(failure_category=filters["failure_category"])
+    if "agent_version" in filters:
+        q &= Q(agent_version=filters["agent_version"])
+    if "tool" in filters:
+        q &= Q(tool_name=filters["tool"])
+    if "date_from" in filters:
+        q &= Q(created_at__date__gte=date.fromisoformat(filters["date_from"]))
+    if "date_to" in filters:
+        q &= Q(created_at__date__lte=date.fromisoformat(filters["date_to"]))
+    return q
+
+
+@transaction.atomic
+def dataset_version_create(*, actor: AbstractBaseUser, dataset: Dataset,
+                           filters: dict[str, Any]) -> DatasetVersion:
+    """Cut a frozen version: the matching examples are copied into the version's
+    membership table now, so examples labeled later never change it."""
+    _may_see(actor, dataset.workflow)
+    filters = clean_version_filters(filters)
+    # The dataset row lock serialises version numbering.
+    locked = Dataset.objects.select_for_update().get(pk=dataset.pk)
+    last = locked.versions.order_by("-number").values_list("number", flat=True).first() or 0
+    version = DatasetVersion.objects.create(dataset=locked, number=last + 1, filters=filters,
+                                            created_by=actor)
+    # INSERT ... SELECT inside the database: constant memory for any number of examples.
+    select_sql, params = (LabeledExample.objects.filter(_examples_matching(locked.workflow,
+                                                                           filters))
+                          .order_by().values("id").query.sql_with_params())
+    through = DatasetVersion.examples.through
+    qn = connection.ops.quote_name
+    version_col = qn(through._meta.get_field("datasetversion").column)
+    example_col = qn(through._meta.get_field("labeledexample").column)
+    with connection.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {qn(through._meta.db_table)} ({version_col}, {example_col}) "
+            f"SELECT %s, sub.id FROM ({select_sql}) sub",
+            [version.pk, *params])
+        count = max(cur.rowcount, 0)
+    DatasetVersion.objects.filter(pk=version.pk).update(example_count=count)
+    version.example_count = count
+    audit_record(actor=actor, action="dataset.version_create", obj=version,
+                 to_state=f"v{version.number}",
+                 data={"dataset": locked.pk, "filters": filters, "examples": count})
+    return version
+
+
+# ----------------------------------------------------------------------- exports
+
+
+def _publish_export(job_id: int) -> None:
+    from config.celery import app
+
+    try:
+        app.send_task(EXPORT_TASK, args=[job_id])
+    except Exception:  # noqa: BLE001 - the job stays queued and can be started again
+        log.warning("broker unavailable; export %s stays queued", job_id, exc_info=True)
+
+
+@transaction.atomic
+def export_start(*, actor: Actor, version: DatasetVersion, format: str,
+                 enqueue: bool = True) -> ExportJob:
+    """Create the export job; the worker streams it (export_run) after commit."""
+    _may_see(actor, version.dataset.workflow)
+    if format not in ExportFormat.values:
+        raise ValidationError({"format": [f"must be one of {', '.join(ExportFormat.values)}"]})
+    job = ExportJob.objects.create(
+        version=version, format=format, rows_total=version.example_count,
+        requested_by=actor if isinstance(actor, AbstractBaseUser) else None)
+    audit_record(actor=actor, action="export.start", obj=job, to_state=ExportStatus.QUEUED,
+                 data={"version": version.pk, "format": format})
+    if enqueue:
+        transaction.on_commit(lambda: _publish_export(job.pk))
+    return job
+
+
+def _pii_flags(workflow_id: int) -> dict[int, bool]:
+    """policy id -> pii_redaction, for every policy version of the workflow (a handful)."""
+    return {pk: bool((parsed or {}).get("pii_redaction"))
+            for pk, parsed in Policy.objects.filter(workflow_id=workflow_id)
+            .values_list("pk", "parsed")}
+
+
+_EXAMPLE_FIELDS = ("id", "proposal_id", "proposal__policy_id", "source", "agent_version",
+                   "tool_name", "context", "agent_output", "human_output", "is_good",
+                   "failure_category", "note", "created_at")
+CSV_HEADER = ["id", "proposal", "source", "agent_version", "tool", "is_good",
+              "failure_category", "note", "context", "agent_output", "human_output",
+              "created_at"]
+
+
+def iter_version_batches(version_id: int, *, only_with_human: bool = False,
+                         batch_size: int = EXPORT_BATCH) -> Iterator[list[dict[str, Any]]]:
+    """Keyset pagination (id > last, order by id): each batch is one short query, so
+    memory stays flat and no server-side cursor or transaction is held open."""
+    last = 0
+    base = LabeledExample.objects.filter(dataset_versions=version_id)
+    if only_with_human:
+        base = base.filter(human_output__isnull=False)
+    while True:
+        batch = list(base.filter(id__gt=last).order_by("id").values(*_EXAMPLE_FIELDS)
+                     [:batch_size])
+        if not batch:
+            return
+        yield batch
+        last = batch[-1]["id"]
+
+
+def _example_record(row: dict[str, Any], redact: bool) -> dict[str, Any]:
+    record = {
+        "id": row["id"], "proposal": row["proposal_id"], "source": row["source"],
+        "agent_version": row["agent_version"], "tool": row["tool_name"],
+        "is_good": row["is_good"], "failure_category": row["failure_category"],
+        "note": row["note"], "context": row["context"], "agent_output": row["agent_output"],
+        "human_output": row["human_output"], "created_at": row["created_at"].isoformat(),
+    }
+    if redact:
+        for key in ("note", "context", "agent_output", "human_output"):
+            record[key] = pii.redact(record[key])
+    return record
+
+
+def _assistant_content(human: Any) -> str:
+    """The corrected or approved action: JSON for a tool call, plain text for a message
+    that is only text."""
+    if isinstance(human, dict):
+        if not human.get("arguments") and human.get("text"):
+            return str(human["text"])
+        action = {"tool": human.get("tool"), "arguments": human.get("arguments") or {}}
+        if human.get("text"):
+            action["text"] = human["text"]
+        return json.dumps(action, ensure_ascii=False, sort_keys=True)
+    return json.dumps(human, ensure_ascii=False)
+
+
+def openai_record(record: dict[str, Any], system_prompt: str) -> dict[str, Any]:
+    context = record["context"] or {}
+    user = [f"Case: {context.get('case_ref', '')}"]
+    if context.get("rationale"):
+        user.append(f"Context: {context['rationale']}")
+    user.append(f"Tool proposed by the agent: {record['tool']}")
+    return {"messages": [
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": "\n".join(user)},
+        {"role": "assistant", "content": _assistant_content(record["human_output"])},
+    ]}
+
+
+def _json_line(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def _export_path(job: ExportJob) -> Path:
+    ext = {"jsonl": "jsonl", "csv": "csv", "openai": "openai.jsonl"}[job.format]
+    dataset = job.version.dataset
+    return (Path(settings.GATEHOUSE_EXPORT_DIR)
+            / f"{job.pk}-{slugify(dataset.name) or 'dataset'}-v{job.version.number}.{ext}")
+
+
+def _finish(job: ExportJob, *, status: str, path: str = "", error: str = "",
+            rows_done: int | None = None) -> None:
+    with transaction.atomic():
+        fields: dict[str, Any] = {"status": status, "finished_at": timezone.now(),
+                                  "error": error[:2000]}
+        if path:
+            fields["file_path"] = path
+        if rows_done is not None:
+            fields["rows_done"] = rows_done
+        ExportJob.objects.filter(pk=job.pk, status=ExportStatus.RUNNING).update(**fields)
+        audit_record(actor=SYSTEM, action=f"export.{status}", obj=job,
+                     from_state=ExportStatus.RUNNING, to_state=status, reason=error[:500],
+                     data={"rows": rows_done, "file": path})
+
+
+def export_run(*, job_id: int, out_path: Path | None = None, batch_size: int = EXPORT_BATCH,
+               on_progress: Callable[[int, int], None] | None = None) -> ExportJob:
+    """Stream one export to a file. Runs outside any long transaction: the claim, each
+    progress update and the finish are separate short transactions."""
+    with transaction.atomic():
+        claimed = ExportJob.objects.filter(pk=job_id, status=ExportStatus.QUEUED).update(
+            status=ExportStatus.RUNNING, rows_done=0)
+        job = ExportJob.objects.select_related("version__dataset__workflow").get(pk=job_id)
+        if claimed != 1:
+            # Redelivered or already started: never run one export twice.
+            return job
+        audit_record(actor=SYSTEM, action="export.run", obj=job, from_state=ExportStatus.QUEUED,
+                     to_state=ExportStatus.RUNNING)
+    version = job.version
+    workflow = version.dataset.workflow
+    openai = job.format == ExportFormat.OPENAI
+    total = (LabeledExample.objects.filter(dataset_versions=version,
+                                           human_output__isnull=False).count()
+             if openai else version.example_count)
+    ExportJob.objects.filter(pk=job.pk).update(rows_total=total)
+    path = Path(out_path) if out_path else _export_path(job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    pii_flags = _pii_flags(workflow.pk)
+    system_prompt = (f"You are the agent for the Gatehouse workflow {workflow.name!r}. "
+                     "Reply with the one action to take: a JSON object with tool and "
+                     "arguments, or the message text.")
+    done = 0
+    try:
+        with part.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh, quoting=csv.QUOTE_MINIMAL) if job.format == "csv" else None
+            if writer is not None:
+                writer.writerow(CSV_HEADER)
+            for batch in iter_version_batches(version.pk, only_with_human=openai,
+                                              batch_size=batch_size):
+                for row in batch:
+                    record = _example_record(row, pii_flags.get(row["proposal__policy_id"],
+                                                                False))
+                    if writer is not None:
+                        writer.writerow([
+                            json.dumps(record[c], ensure_ascii=False)
+                            if c in ("context", "agent_output", "human_output") else
+                            ("true" if record[c] else "false") if c == "is_good" else record[c]
+                            for c in CSV_HEADER])
+                    elif openai:
+                        fh.write(_json_line(openai_record(record, system_prompt)))
+                    else:
+                        fh.write(_json_line(record))
+                done += len(batch)
+                with transaction.atomic():
+                    ExportJob.objects.filter(pk=job.pk).update(rows_done=done)
+                if on_progress is not None:
+                    on_progress(done, total)
+        os.replace(part, path)
+    except Exception as exc:
+        part.unlink(missing_ok=True)
+        _finish(job, status=ExportStatus.FAILED, error=f"{type(exc).__name__}: {exc}",
+                rows_done=done)
+        raise
+    _finish(job, status=ExportStatus.DONE, path=str(path), rows_done=done)
+    job.refresh_from_db()
+    return job

@@ -228,6 +228,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "approvals.tasks.sweep_executions",
         "schedule": timedelta(seconds=env_int("GATEHOUSE_OUTBOX_SWEEP_SECONDS", 15, minimum=1)),
     },
+    "shadow-match-pending": {
+        "task": "shadow.tasks.match_pending",
+        "schedule": timedelta(seconds=env_int("GATEHOUSE_SHADOW_MATCH_SECONDS", 60, minimum=1)),
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
