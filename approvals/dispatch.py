@@ -1,7 +1,7 @@
 """Hand work to the broker after commit, by task name (no import of tasks.py).
 
 If the broker is down the row simply stays unpublished: the outbox sweeper
-(approvals.tasks.sweep_executions) publishes it again later, so nothing is lost
+(approvals.execution.executions_sweep, run by beat) publishes it again later, so nothing is lost
 between the commit and the publish.
 """
 
@@ -24,9 +24,10 @@ WEBHOOK_TASK = "approvals.tasks.deliver_webhook"
 def publish_execution(execution_id: int, *, countdown: float | None = None) -> bool:
     try:
         app.send_task(EXECUTE_TASK, args=[execution_id], countdown=countdown)
-    except Exception:  # noqa: BLE001 - any broker failure leaves it to the sweeper
-        log.warning("broker unavailable; execution %s left for the outbox sweeper", execution_id,
-                    exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - any broker failure leaves it to the sweeper
+        # An expected condition during a broker outage: one line, not a traceback each.
+        log.warning("broker unavailable (%s: %s); execution %s left for the outbox sweeper",
+                    type(exc).__name__, exc, execution_id)
         return False
     Execution.objects.filter(pk=execution_id).filter(
         Q(published_at__isnull=True) | Q(published_at__lt=timezone.now())

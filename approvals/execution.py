@@ -13,12 +13,13 @@ Exactly-once comes from three pieces together:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -27,7 +28,7 @@ from agents.models import AutonomyLevel, BreakerState, Tool, Workflow
 from agents.services import workflow_demote
 from approvals import dispatch, executors
 from approvals.models import BreakGlass, Execution, ExecutionStatus, Proposal
-from approvals.services import proposal_notify, break_glass_get
+from approvals.services import break_glass_get, proposal_notify
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,19 @@ def execution_finish(
 
 def _count_failure(tool: Tool) -> None:
     Tool.objects.filter(pk=tool.pk).update(consecutive_failures=F("consecutive_failures") + 1)
+    # Half-open: once the cooldown has passed, claims let executions through as probes.
+    # A probe that fails re-arms the cooldown; without this the breaker would stay
+    # "open" with an expired cooldown and let every execution through.
+    rearmed = Tool.objects.filter(
+        pk=tool.pk, breaker_state=BreakerState.OPEN,
+        breaker_opened_at__lte=timezone.now()
+        - timedelta(seconds=settings.GATEHOUSE_BREAKER_COOLDOWN_SECONDS),
+    ).update(breaker_opened_at=timezone.now())
+    if rearmed:
+        audit_record(actor=SYSTEM, action="tool.breaker_rearm", obj=tool,
+                     from_state=BreakerState.OPEN, to_state=BreakerState.OPEN,
+                     reason="a probe after the cooldown failed")
+        return
     tripped = Tool.objects.filter(
         pk=tool.pk, breaker_state=BreakerState.CLOSED,
         consecutive_failures__gte=settings.GATEHOUSE_BREAKER_THRESHOLD,
@@ -211,13 +225,38 @@ def execute_one(execution_id: int) -> str:
         else:
             result = executors.run_python(target, claim.request)
     except executors.PermanentError as exc:
-        execution_finish(claim=claim, error=str(exc), transient=False)
+        _finish_resiliently(claim=claim, error=str(exc), transient=False)
         return "failed"
     except Exception as exc:  # noqa: BLE001 - anything else may be transient
-        execution_finish(claim=claim, error=f"{type(exc).__name__}: {exc}", transient=True)
+        _finish_resiliently(claim=claim, error=f"{type(exc).__name__}: {exc}", transient=True)
         return "retry"
-    execution_finish(claim=claim, result=result)
+    _finish_resiliently(claim=claim, result=result)
     return "succeeded"
+
+
+def _finish_resiliently(*, claim: Claim, **outcome: Any) -> Execution | None:
+    """Record the outcome, surviving a dropped database connection.
+
+    The side effect has already happened; losing the record now would leave the row
+    RUNNING until it goes stale and make the tool see the key a second time. So a
+    broken connection (a failover, pg_terminate_backend) is retried on a fresh one.
+    This is safe because execution_finish is idempotent: it only acts on the row while
+    it is RUNNING with this claim's attempt number.
+    """
+    for attempt in range(_FINISH_RETRIES):
+        try:
+            return execution_finish(claim=claim, **outcome)
+        except (OperationalError, InterfaceError):
+            if attempt == _FINISH_RETRIES - 1:
+                raise
+            log.warning("database connection lost recording execution %s; retrying",
+                        claim.execution_id, exc_info=True)
+            connection.close()
+            time.sleep(min(0.2 * 2 ** attempt, 3))
+    return None  # pragma: no cover - the loop returns or raises
+
+
+_FINISH_RETRIES = 6
 
 
 def executions_sweep(*, limit: int = 1000) -> int:
