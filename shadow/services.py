@@ -571,8 +571,11 @@ def iter_version_batches(version_id: int, *, only_with_human: bool = False,
                      [:batch_size])
         if not batch:
             return
-        yield batch
         last = batch[-1]["id"]
+        yield batch
+        # Drop our reference before fetching the next batch, or two batches would be
+        # alive at once and the peak would double.
+        del batch
 
 
 def _example_record(row: dict[str, Any], redact: bool) -> dict[str, Any]:
@@ -674,8 +677,9 @@ def export_run(*, job_id: int, out_path: Path | None = None, batch_size: int = E
             writer = csv.writer(fh, quoting=csv.QUOTE_MINIMAL) if job.format == "csv" else None
             if writer is not None:
                 writer.writerow(CSV_HEADER)
-            for batch in iter_version_batches(version.pk, only_with_human=openai,
-                                              batch_size=batch_size):
+            batches = iter_version_batches(version.pk, only_with_human=openai,
+                                           batch_size=batch_size)
+            while (batch := next(batches, None)) is not None:
                 for row in batch:
                     record = _example_record(row, pii_flags.get(row["proposal__policy_id"],
                                                                 False))
@@ -690,6 +694,7 @@ def export_run(*, job_id: int, out_path: Path | None = None, batch_size: int = E
                     else:
                         fh.write(_json_line(record))
                 done += len(batch)
+                del batch, row  # see iter_version_batches: one batch alive at a time
                 with transaction.atomic():
                     ExportJob.objects.filter(pk=job.pk).update(rows_done=done)
                 if on_progress is not None:

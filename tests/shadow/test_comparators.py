@@ -68,7 +68,8 @@ def test_fields_non_strings_compare_exactly() -> None:
 def test_text_similarity_thresholds() -> None:
     agent = Side("slack.send_message", {"channel": "#support"},
                  "Hi Anna, your printer ticket is fixed. Sorry for the wait!")
-    near = Side("slack.send_message", {}, "Hi Anna, your printer ticket is fixed. Sorry for the delay!")
+    near = Side("slack.send_message", {},
+                "Hi Anna, your printer ticket is fixed. Sorry for the delay!")
     result = compare("text", agent, near)
     assert result.verdict == AGREE and result.score >= 0.85
     assert result.field_diff["text"]["match"] is True

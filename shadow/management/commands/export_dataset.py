@@ -36,8 +36,8 @@ class Command(BaseCommand):
         found = list(datasets.filter(pk=int(key)) if key.isdigit() else
                      datasets.filter(name=key))
         if len(found) != 1:
-            raise CommandError(f"dataset {key!r}: {'not found' if not found else 'ambiguous; '
-                                                   'add --workflow'}")
+            problem = "not found" if not found else "ambiguous; add --workflow"
+            raise CommandError(f"dataset {key!r}: {problem}")
         version = DatasetVersion.objects.filter(dataset=found[0],
                                                 number=opts["version"]).first()
         if version is None:
