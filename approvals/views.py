@@ -7,7 +7,6 @@ import json
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -61,10 +60,17 @@ def queue(request: HttpRequest) -> HttpResponse:
     if status not in ProposalStatus.values:
         status = ProposalStatus.PENDING
     workflow_slug = request.GET.get("workflow", "")
-    qs = selectors.review_queue(request.user, status=status, workflow_slug=workflow_slug)
-    page = Paginator(qs, 25).get_page(request.GET.get("page"))
+    after = request.GET.get("after", "")
+    error = ""
+    try:
+        page = selectors.review_queue_page(request.user, status=status,
+                                           workflow_slug=workflow_slug, after=after)
+    except selectors.BadCursor as exc:
+        error = f"after: {exc}"
+        page = selectors.QueuePage(items=[], next_cursor="", is_first=False)
     context = {
         "page": page,
+        "error": error,
         "status": status,
         "tabs": QUEUE_TABS,
         "workflow_slug": workflow_slug,
@@ -72,9 +78,10 @@ def queue(request: HttpRequest) -> HttpResponse:
         "is_manager": selectors.is_manager(request.user),
         "now": timezone.now(),
     }
+    code = 400 if error else 200
     if request.htmx and request.htmx.target == "queue-list":
-        return render(request, "approvals/_queue_list.html", context)
-    return render(request, "approvals/queue.html", context)
+        return render(request, "approvals/_queue_list.html", context, status=code)
+    return render(request, "approvals/queue.html", context, status=code)
 
 
 def _detail_context(request: HttpRequest, proposal: Proposal) -> dict:
