@@ -59,11 +59,16 @@ class FakeToolServer:
 
             def _reply(self, code: int, payload: dict[str, Any]) -> None:
                 body = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The caller died mid-request (a SIGKILLed worker): the effect, if
+                    # any, is applied; its retry with the same key will be a replay.
+                    self.close_connection = True
 
             def do_GET(self) -> None:
                 if self.path == "/stats":

@@ -8,10 +8,11 @@ two real Celery workers, then approves --actions proposals through the review
 service. Every --fault-every approvals it injects the next fault, in turn:
 
 * sigkill_worker  SIGKILL a whole worker (main process and its pool), then restart it;
+* pg_terminate    pg_terminate_backend on the workers' database connections (it
+                  waits up to 5 s for one to exist: workers hold one only mid-task);
 * redis_restart   SIGKILL its redis-server (no persistence: every queued and unacked
                   message is lost), approve a few actions while the broker is down
                   (their publish fails: the outbox case), then start redis again;
-* pg_terminate    pg_terminate_backend on every worker database connection;
 * sigkill_child   SIGKILL one prefork pool child (the task returns to the queue).
 
 The outbox sweeper runs every --sweep-every seconds, as beat would. Afterwards it
@@ -103,6 +104,12 @@ class WorkerProcess:
             with open(self.log_path, "rb") as fh:
                 fh.seek(self._log_offset)
                 return fh.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_text_all(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
 
@@ -389,8 +396,15 @@ class Campaign:
             detail["approved_during_outage"] = self.args.outage_actions
             self.redis.start()
         elif kind == "pg_terminate":
-            detail["terminated"] = terminate_backends(
-                _admin_dsn(self.args.pg), self.args.database, self.app_name)
+            # Workers hold a connection only while a task runs: catch them at it.
+            deadline = time.monotonic() + 5
+            terminated = 0
+            while not terminated and time.monotonic() < deadline:
+                terminated = terminate_backends(
+                    _admin_dsn(self.args.pg), self.args.database, self.app_name)
+                if not terminated:
+                    time.sleep(0.05)
+            detail["terminated"] = terminated
         detail["seconds"] = round(time.monotonic() - started, 2)
         self.faults.append(detail)
         print(f"  fault {detail}", flush=True)
@@ -407,7 +421,7 @@ class Campaign:
 
         from approvals.models import Execution, ExecutionStatus
 
-        kinds = ["sigkill_worker", "redis_restart", "pg_terminate", "sigkill_child"]
+        kinds = ["sigkill_worker", "pg_terminate", "redis_restart", "sigkill_child"]
         every = self.args.fault_every or max(self.args.actions // 12, 25)
         t0 = time.monotonic()
         for i in range(1, self.args.actions + 1):
@@ -461,8 +475,20 @@ class Campaign:
                          "sweep_every": self.args.sweep_every,
                          "tool_delay": self.args.tool_delay},
         }
+        report["worker_log_evidence"] = self.log_evidence()
         report["violations"] = violations(report)
         return report
+
+    def log_evidence(self) -> dict[str, int]:
+        """How often the recovery paths actually ran, from the workers' logs."""
+        text = "".join(w.log_text_all() for w in self.workers)
+        return {
+            "finish_retried_after_db_loss": text.count("database connection lost recording"),
+            "duplicate_messages_skipped": text.count("'skipped'"),
+            "worker_lost_errors": text.count("WorkerLostError"),
+            "broker_reconnects": text.count("Connection to broker lost"),
+            "tasks_failed_with_exception": text.count("] raised unexpected"),
+        }
 
     def teardown(self) -> None:
         for worker in self.workers:
