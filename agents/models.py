@@ -66,6 +66,8 @@ class Workflow(models.Model):
     gates = models.JSONField(default=dict, blank=True)
     # The agent version whose evidence counts; a new version freezes promotion.
     current_agent_version = models.CharField(max_length=100, blank=True)
+    # The version seen since that froze promotion; it becomes current when requalified.
+    pending_agent_version = models.CharField(max_length=100, blank=True)
     promotion_frozen = models.BooleanField(default=False)
     frozen_reason = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

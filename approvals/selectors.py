@@ -8,17 +8,16 @@ from datetime import datetime
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
 
+from agents import permissions
 from agents.models import Workflow
 from approvals.models import Proposal, ProposalStatus
 
-MANAGERS_GROUP = "managers"
+MANAGERS_GROUP = permissions.MANAGERS_GROUP
 
 
 def is_manager(user: AbstractBaseUser) -> bool:
-    return bool(
-        user.is_authenticated
-        and (user.is_superuser or user.groups.filter(name=MANAGERS_GROUP).exists())
-    )
+    # One definition for every app: agents' services check it too.
+    return permissions.is_manager(user)
 
 
 def workflows_for_user(user: AbstractBaseUser) -> QuerySet[Workflow]:
