@@ -23,9 +23,10 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from agents.audit import SYSTEM, Actor, audit_record
-from agents.models import Agent, Policy, Tool, Workflow
+from agents.models import Agent, AutonomyLevel, Policy, Tool, Workflow
 from agents.policy import DEFAULT_POLICY_YAML, PolicySpec, parse_policy
-from approvals import dispatch, gateway, pii
+from agents.services import workflow_agent_version_seen
+from approvals import dispatch, gateway, pii, spikes
 from approvals.selectors import user_can_review
 from approvals.models import (
     BreakGlass,
@@ -36,6 +37,7 @@ from approvals.models import (
     ProposalStatus,
     Run,
     RunStatus,
+    Violation,
     WebhookDelivery,
 )
 
@@ -99,6 +101,8 @@ def run_open(*, actor: Agent, workflow: Workflow, case_ref: str, agent_version: 
     )
     audit_record(actor=actor, action="run.open", obj=run, to_state=RunStatus.OPEN,
                  data={"workflow": workflow.slug, "case_ref": case_ref})
+    # A new agent version freezes promotion until requalified (the first one is current).
+    workflow_agent_version_seen(actor=actor, workflow=workflow, agent_version=agent_version)
     return run
 
 
@@ -195,8 +199,6 @@ def proposal_submit(
         raise PermissionDenied("run belongs to another agent")
     workflow = Workflow.objects.get(pk=run.workflow_id)
     tool = Tool.objects.filter(name=tool_name).first()
-    if tool is not None:
-        validate_arguments(tool, arguments)
     policy, spec = active_policy(workflow)
     switch = break_glass_get()
 
@@ -206,9 +208,11 @@ def proposal_submit(
         disabled_categories=list(switch.disabled_categories), budget_problem=None,
         has_draft=bool(draft_text.strip()),
     )
-    # Budgets are only claimed for proposals that got past break-glass and the
-    # allow-list, in the gateway's order.
+    # The gateway's order: break-glass and the allow-list first (a disallowed tool is a
+    # recorded violation whatever its arguments), then the schema (400, nothing
+    # written), then the budget claim.
     if not gateway.check_break_glass(inp) and tool is not None and tool_name in spec.allowed_tools:
+        validate_arguments(tool, arguments)
         inp.budget_problem = _claim_budget(run, spec, tokens, cost)
     elif Run.objects.filter(pk=run.pk, status=RunStatus.OPEN).count() != 1:
         raise ConflictError("run is closed")
@@ -235,6 +239,8 @@ def proposal_submit(
                  data={"decision": result.decision, "tool": tool_name,
                        "args_hash": proposal.args_hash, "violation": result.violation,
                        "policy_version": policy.version if policy else None})
+    if result.violation == Violation.VIOLATION:
+        spikes.violation_spike_check(workflow=workflow)
     if result.executes:
         _execution_create(proposal, dry_run=spec.dry_run)
     if result.status != ProposalStatus.PENDING:
@@ -304,6 +310,12 @@ def proposal_approve(
     switch = break_glass_get()
     if switch.read_only:
         raise ConflictError("break-glass read-only mode is on; nothing can be approved")
+    # Escalated refusals wait in the queue too; two of them must never execute.
+    if proposal.tool_id is None:
+        raise ConflictError("the tool is not registered, so it cannot be executed; "
+                            "hand off or reject")
+    if proposal.level_at_decision == AutonomyLevel.SHADOW:
+        raise ConflictError("decided at level 0 shadow: never executed; hand off or reject")
     extra: dict[str, Any] = {
         "decided_by_id": actor.pk, "decided_at": timezone.now(), "review_note": note,
     }
