@@ -128,18 +128,33 @@ class PolicySpec:
         }
 
 
-def _positive_int(data: dict[str, Any], key: str, errors: dict[str, list[str]]) -> int | None:
+# Caps keep every number inside what the database columns and timedelta can hold, so
+# an absurd policy is a field error on save, never a 500 at proposal time.
+MAX_COUNT = 2**31 - 1
+MAX_SLA_MINUTES = 366 * 24 * 60
+MAX_COST_USD = Decimal("999999")
+MAX_DOCUMENT_CHARS = 64_000
+SCALARS = (str, int, float, bool)
+
+
+def _positive_int(data: dict[str, Any], key: str, errors: dict[str, list[str]],
+                  maximum: int = MAX_COUNT) -> int | None:
     value = data.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         errors.setdefault(key, []).append("must be a whole number >= 0")
         return None
+    if value > maximum:
+        errors.setdefault(key, []).append(f"must be at most {maximum}")
+        return None
     return value
 
 
 def parse_policy(document: str) -> PolicySpec:
     """Parse and validate; raise ValidationError keyed by the offending field."""
+    if len(document or "") > MAX_DOCUMENT_CHARS:
+        raise ValidationError({"document": [f"at most {MAX_DOCUMENT_CHARS} characters"]})
     try:
         data = yaml.safe_load(document) if document and document.strip() else {}
     except yaml.YAMLError as exc:
@@ -150,12 +165,13 @@ def parse_policy(document: str) -> PolicySpec:
         raise ValidationError({"document": ["must be a YAML mapping of policy fields"]})
 
     errors: dict[str, list[str]] = {}
-    for key in sorted(set(data) - KNOWN_KEYS):
+    # Keys may be numbers or null in YAML; sort by their text so mixed keys cannot 500.
+    for key in sorted(set(data) - KNOWN_KEYS, key=str):
         errors.setdefault(str(key), []).append("unknown policy field")
 
     max_tool_calls = _positive_int(data, "max_tool_calls", errors)
     max_total_tokens = _positive_int(data, "max_total_tokens", errors)
-    review_sla = _positive_int(data, "review_sla_minutes", errors)
+    review_sla = _positive_int(data, "review_sla_minutes", errors, MAX_SLA_MINUTES)
     if review_sla == 0:
         errors.setdefault("review_sla_minutes", []).append("must be at least 1 minute")
 
@@ -166,10 +182,11 @@ def parse_policy(document: str) -> PolicySpec:
             if isinstance(raw_cost, bool):
                 raise InvalidOperation
             max_cost = Decimal(str(raw_cost))
-            if max_cost < 0 or not max_cost.is_finite():
+            if not max_cost.is_finite() or max_cost < 0 or max_cost > MAX_COST_USD:
                 raise InvalidOperation
         except InvalidOperation:
-            errors.setdefault("max_cost_usd", []).append("must be a number >= 0")
+            errors.setdefault("max_cost_usd", []).append(
+                f"must be a number between 0 and {MAX_COST_USD}")
             max_cost = None
 
     allowed_raw = data.get("allowed_tools", [])
@@ -200,8 +217,12 @@ def parse_policy(document: str) -> PolicySpec:
                 continue
             clean: dict[str, list[Any]] = {}
             for arg, values in conds.items():
-                if not isinstance(values, list) or not values:
-                    errors.setdefault(f"{path}.{arg}", []).append("must be a non-empty list")
+                # Scalars only: a condition compares argument values, and nested
+                # (possibly YAML-aliased) structures would only bloat the stored JSON.
+                if (not isinstance(values, list) or not values
+                        or not all(isinstance(v, SCALARS) for v in values)):
+                    errors.setdefault(f"{path}.{arg}", []).append(
+                        "must be a non-empty list of plain values")
                 else:
                     clean[str(arg)] = values
             rules.append(ApprovalRule(str(tool), clean))

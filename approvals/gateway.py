@@ -9,10 +9,11 @@ everything here is side-effect free and tested exhaustively.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from agents.models import AutonomyLevel, Tool, ToolRisk, Workflow
 from agents.policy import PolicySpec
-from approvals.models import Decision, ProposalStatus, Violation
+from approvals.models import Decision, Proposal, ProposalStatus, Violation
 
 
 @dataclass
@@ -45,16 +46,19 @@ class GatewayDecision:
 def _refuse(
     inp: GatewayInput, reasons: list[str], violation: Violation, fallback_key: str | None
 ) -> GatewayDecision:
-    if fallback_key is None or inp.level == AutonomyLevel.SHADOW:
-        # Break-glass refusals are nobody's fault and shadow mode never queues work.
+    if fallback_key is None:
+        # Break-glass refusals are nobody's fault: no violation, no fallback.
         return GatewayDecision(Decision.REFUSE, ProposalStatus.REFUSED, reasons, violation)
+    # The fallback applies at every level, shadow included ("a tool the policy does not
+    # allow is refused at every level"); an escalated level-0 item can be handed off
+    # or rejected but never approved into an execution (services.proposal_approve).
     fallback = inp.spec.fallback.get(fallback_key, "human_handoff")
     reasons = [*reasons, f"fallback {fallback_key}: {fallback}"]
-    if fallback == "escalate":
-        return GatewayDecision(Decision.REFUSE, ProposalStatus.PENDING, reasons, violation, fallback)
-    if fallback == "reject":
-        return GatewayDecision(Decision.REFUSE, ProposalStatus.REFUSED, reasons, violation, fallback)
-    return GatewayDecision(Decision.REFUSE, ProposalStatus.HANDED_OFF, reasons, violation, fallback)
+    status = {
+        "escalate": ProposalStatus.PENDING,  # a human decides, in the review queue
+        "reject": ProposalStatus.REFUSED,
+    }.get(fallback, ProposalStatus.HANDED_OFF)
+    return GatewayDecision(Decision.REFUSE, status, reasons, violation, fallback)
 
 
 def check_break_glass(inp: GatewayInput) -> list[str]:
@@ -120,3 +124,72 @@ def decide(inp: GatewayInput) -> GatewayDecision:
                                ["level 4: high-risk tool reviewed, then executed"])
     return GatewayDecision(Decision.EXECUTE, ProposalStatus.APPROVED,
                            ["level 4: low-risk tool executed at once"])
+
+
+# ----------------------------------------------------------------------- replay
+
+
+@dataclass
+class ReplayRow:
+    proposal_id: int
+    run_id: int
+    tool_name: str
+    level: int
+    was_decision: str
+    was_status: str
+    was_reasons: list[str]
+    would: GatewayDecision
+
+    @property
+    def changed(self) -> bool:
+        return (self.would.decision, self.would.status) != (self.was_decision, self.was_status)
+
+
+def replay(workflow: Workflow, spec: PolicySpec, *, last: int = 100) -> list[ReplayRow]:
+    """What `spec` would have decided for the workflow's last `last` proposals.
+
+    Read-only: no row is written, nothing is claimed or enqueued. Each proposal is
+    replayed at the level it was decided at, with break-glass off (the question is
+    what the policy changes), and budgets are re-counted per run in order under the
+    new limits, so a tighter max_tool_calls shows which calls it would have refused.
+    """
+    recent = list(Proposal.objects.filter(workflow=workflow).order_by("-id")
+                  .values_list("id", flat=True)[:max(0, last)])
+    if not recent:
+        return []
+    wanted = set(recent)
+    run_ids = set(Proposal.objects.filter(id__in=recent).values_list("run_id", flat=True))
+    tools = {t.name: t for t in Tool.objects.all()}
+    rows: list[ReplayRow] = []
+    counters: dict[int, tuple[int, int, Decimal]] = {}
+    for p in (Proposal.objects.filter(run_id__in=run_ids, id__lte=max(recent))
+              .order_by("run_id", "id").iterator(chunk_size=500)):
+        calls, tokens, cost = counters.get(p.run_id, (0, 0, Decimal("0")))
+        tool = tools.get(p.tool_name)
+        inp = GatewayInput(
+            workflow=workflow, level=p.level_at_decision, tool_name=p.tool_name, tool=tool,
+            spec=spec, arguments=p.arguments, read_only=False, disabled_categories=[],
+            budget_problem=None, has_draft=bool(p.draft_text.strip()),
+        )
+        if tool is not None and p.tool_name in spec.allowed_tools:
+            inp.budget_problem = _budget_problem(spec, calls, tokens, cost, p.tokens, p.cost)
+            if inp.budget_problem is None:
+                counters[p.run_id] = (calls + 1, tokens + p.tokens, cost + p.cost)
+        would = decide(inp)
+        if p.pk in wanted:
+            rows.append(ReplayRow(p.pk, p.run_id, p.tool_name, p.level_at_decision,
+                                  p.decision, p.status, list(p.decision_reasons), would))
+    rows.sort(key=lambda r: r.proposal_id, reverse=True)
+    return rows
+
+
+def _budget_problem(spec: PolicySpec, calls: int, tokens: int, cost: Decimal,
+                    add_tokens: int, add_cost: Decimal) -> str | None:
+    """The same limits as services._claim_budget, on counters held in memory."""
+    if spec.max_tool_calls is not None and calls >= spec.max_tool_calls:
+        return f"max_tool_calls {spec.max_tool_calls} reached"
+    if spec.max_total_tokens is not None and tokens + add_tokens > spec.max_total_tokens:
+        return f"max_total_tokens {spec.max_total_tokens} would be exceeded"
+    if spec.max_cost_usd is not None and cost + add_cost > spec.max_cost_usd:
+        return f"max_cost_usd {spec.max_cost_usd} would be exceeded"
+    return None

@@ -11,13 +11,14 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from agents.models import AuditEvent, Tool
 from agents.services import workflow_set_paused
 from approvals import pii, selectors, services
 from approvals.models import Execution, FailureCategory, Proposal, ProposalStatus
+from config.parsers import json_problem
 from shadow import services as review
 
 QUEUE_TABS = [
@@ -156,6 +157,8 @@ def decide(request: HttpRequest, pk: int, action: str) -> HttpResponse:
                                                      f"(line {exc.lineno})"]}) from exc
             if not isinstance(edited, dict):
                 raise ValidationError({"arguments": ["must be a JSON object"]})
+            if problem := json_problem(edited):  # \u0000, lone surrogates, 1e400: 500s in jsonb
+                raise ValidationError({"arguments": [problem]})
             text = request.POST.get("draft_text")
             proposal = review.review_approve(
                 actor=request.user, proposal=proposal, expected_version=version,
@@ -190,6 +193,7 @@ def _manager_only(request: HttpRequest) -> None:
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
 def break_glass(request: HttpRequest) -> HttpResponse:
     _manager_only(request)
     switch = services.break_glass_get()
@@ -208,6 +212,8 @@ def break_glass(request: HttpRequest) -> HttpResponse:
             elif what == "workflow":
                 workflow = get_object_or_404(selectors.workflows_for_user(request.user),
                                              slug=request.POST.get("workflow", ""))
+                if not reason.strip():  # same rule as the switch itself: every pull says why
+                    raise ValidationError({"reason": ["a reason is required"]})
                 workflow_set_paused(actor=request.user, workflow=workflow,
                                     paused=request.POST.get("value") == "on", reason=reason)
             else:

@@ -44,8 +44,11 @@ def webhook_deliver(*, delivery_id: int) -> str:
     }
     error = ""
     try:
+        # No redirects: a 3xx is a failed delivery, never a re-POST of a signed body
+        # to wherever the receiver points.
         response = requests.post(delivery.agent.webhook_url, data=body, headers=headers,
-                                 timeout=settings.GATEHOUSE_WEBHOOK_TIMEOUT)
+                                 timeout=settings.GATEHOUSE_WEBHOOK_TIMEOUT,
+                                 allow_redirects=False)
         if response.status_code >= 300:
             error = f"HTTP {response.status_code}"
     except requests.RequestException as exc:
