@@ -48,18 +48,32 @@ def _chromium_path() -> str:
     return path
 
 
+# tests/security imports these fixtures too, which makes pytest hold two definitions of
+# each; Playwright's sync API allows one instance per thread, so both share this one.
+_shared: dict[str, object] = {}
+
+
 @pytest.fixture(scope="session")
 def playwright_instance() -> Iterator[Playwright]:
-    with sync_playwright() as p:
-        yield p
+    if "pw" in _shared:
+        yield _shared["pw"]  # type: ignore[misc]
+        return
+    manager = sync_playwright()
+    _shared["pw"] = manager.start()
+    yield _shared["pw"]  # type: ignore[misc]
+    _shared.pop("pw")
+    manager.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")
 def browser(playwright_instance: Playwright) -> Iterator[Browser]:
-    b = playwright_instance.chromium.launch(
+    if "browser" in _shared:
+        yield _shared["browser"]  # type: ignore[misc]
+        return
+    _shared["browser"] = playwright_instance.chromium.launch(
         executable_path=_chromium_path(), args=CHROMIUM_ARGS, headless=True)
-    yield b
-    b.close()
+    yield _shared["browser"]  # type: ignore[misc]
+    _shared.pop("browser").close()  # type: ignore[attr-defined]
 
 
 @dataclass
