@@ -18,6 +18,7 @@ from agents.models import AuditEvent, Tool
 from agents.services import workflow_set_paused
 from approvals import pii, selectors, services
 from approvals.models import Execution, FailureCategory, Proposal, ProposalStatus
+from config.parsers import json_problem
 from shadow import services as review
 
 QUEUE_TABS = [
@@ -156,6 +157,8 @@ def decide(request: HttpRequest, pk: int, action: str) -> HttpResponse:
                                                      f"(line {exc.lineno})"]}) from exc
             if not isinstance(edited, dict):
                 raise ValidationError({"arguments": ["must be a JSON object"]})
+            if problem := json_problem(edited):  # \u0000, lone surrogates, 1e400: 500s in jsonb
+                raise ValidationError({"arguments": [problem]})
             text = request.POST.get("draft_text")
             proposal = review.review_approve(
                 actor=request.user, proposal=proposal, expected_version=version,
