@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from django.db import DatabaseError
 from django.db.models import Q
 from django.utils import timezone
 
@@ -29,9 +30,14 @@ def publish_execution(execution_id: int, *, countdown: float | None = None) -> b
         log.warning("broker unavailable (%s: %s); execution %s left for the outbox sweeper",
                     type(exc).__name__, exc, execution_id)
         return False
-    Execution.objects.filter(pk=execution_id).filter(
-        Q(published_at__isnull=True) | Q(published_at__lt=timezone.now())
-    ).update(published_at=timezone.now())
+    try:
+        Execution.objects.filter(pk=execution_id).filter(
+            Q(published_at__isnull=True) | Q(published_at__lt=timezone.now())
+        ).update(published_at=timezone.now())
+    except DatabaseError:
+        # This runs in on_commit, after the caller's work is durable: a lost bookkeeping
+        # write only means the sweeper publishes once more (harmless), never a 500.
+        log.warning("could not record publish of execution %s", execution_id, exc_info=True)
     return True
 
 

@@ -259,6 +259,20 @@ def _finish_resiliently(*, claim: Claim, **outcome: Any) -> Execution | None:
 _FINISH_RETRIES = 6
 
 
+def _republish_interval(waited: timedelta, grace: timedelta) -> timedelta:
+    """How long after its last publish a still-waiting row is published again.
+
+    A fixed interval would republish every row of a long but healthy backlog on every
+    sweep: under a burst the queue fills with duplicates that each cost a claim, the
+    workers fall further behind, and the sweeper adds more (we saw this feedback loop
+    in bench/faults.py). So the interval grows with how long the row has waited (half
+    its wait), from the grace up to ten graces: a row is republished O(log) times plus
+    once per ten graces, while a message lost soon after publishing is still
+    republished after one grace.
+    """
+    return min(max(grace, waited / 2), grace * 10)
+
+
 def executions_sweep(*, limit: int = 1000) -> int:
     """The outbox sweeper: republish what the broker may have lost, release held rows.
 
@@ -267,14 +281,31 @@ def executions_sweep(*, limit: int = 1000) -> int:
     now = timezone.now()
     grace = timedelta(seconds=settings.GATEHOUSE_OUTBOX_GRACE_SECONDS)
     due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
-    queued = Execution.objects.filter(due, status=ExecutionStatus.QUEUED).filter(
-        Q(published_at__isnull=True, created_at__lt=now - grace) | Q(published_at__lt=now - grace)
+    published_long_ago = Q(published_at__isnull=True) | Q(published_at__lt=now - grace)
+    queued = (
+        Execution.objects.filter(due, status=ExecutionStatus.QUEUED, created_at__lt=now - grace)
+        .filter(published_long_ago)
+        .order_by(F("published_at").asc(nulls_first=True), "pk")
+        .values_list("pk", "created_at", "next_attempt_at", "published_at")[: limit * 4]
     )
-    stale = Execution.objects.filter(
-        status=ExecutionStatus.RUNNING, claimed_at__lt=now - _stale_after()
+    stale_after = _stale_after()
+    stale = (
+        Execution.objects.filter(status=ExecutionStatus.RUNNING,
+                                 claimed_at__lt=now - stale_after)
+        .filter(published_long_ago)
+        .order_by(F("published_at").asc(nulls_first=True), "pk")
+        .values_list("pk", "claimed_at", "published_at")[: limit * 4]
     )
-    ids = list(queued.values_list("pk", flat=True)[:limit])
-    ids += list(stale.values_list("pk", flat=True)[:limit])
+    ids: list[int] = []
+    for pk, created_at, next_attempt_at, published_at in queued:
+        waited = now - (next_attempt_at or created_at)
+        if published_at is None or published_at < now - _republish_interval(waited, grace):
+            ids.append(pk)
+    for pk, claimed_at, published_at in stale:
+        waited = now - (claimed_at + stale_after)
+        if published_at is None or published_at < now - _republish_interval(waited, grace):
+            ids.append(pk)
+    ids = ids[: limit * 2]
     ids += executions_release_held(limit=limit)
     for pk in ids:
         dispatch.publish_execution(pk)

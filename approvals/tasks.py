@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
 
 from approvals import execution, services, webhooks
 
 
-@shared_task(name="approvals.tasks.execute", acks_late=True, reject_on_worker_lost=True)
+# acks_late + reject_on_worker_lost: a killed worker's message goes back to the queue.
+# A dropped database connection before or during the claim is retried soon rather than
+# left for the outbox sweeper's grace period; a retry is always safe (the row claim).
+@shared_task(name="approvals.tasks.execute", acks_late=True, reject_on_worker_lost=True,
+             autoretry_for=(OperationalError, InterfaceError), retry_backoff=1,
+             retry_backoff_max=30, max_retries=5)
 def execute(execution_id: int) -> str:
     return execution.execute_one(execution_id)
 
