@@ -22,6 +22,7 @@ run: export DJANGO_DEBUG ?= 1
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo --token-file var/demo-agent-token.txt
+	$(BIN)/python manage.py demo_traffic
 	$(BIN)/python scripts/run_all.py --host $(HOST) --port $(PORT)
 
 migrate: install
@@ -29,6 +30,9 @@ migrate: install
 
 seed: install
 	DJANGO_DEBUG=1 $(BIN)/python manage.py seed_demo
+
+demo-traffic: install
+	DJANGO_DEBUG=1 $(BIN)/python manage.py demo_traffic
 
 test: install
 	$(BIN)/python scripts/check_services.py

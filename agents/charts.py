@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 WIDTH, HEIGHT = 640, 220
-LEFT, RIGHT, TOP, BOTTOM = 52, 12, 14, 36
+LEFT, RIGHT, TOP, BOTTOM = 52, 28, 14, 36
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Series:
     css: str
     segments: list[str]  # each a "x,y x,y ..." polyline points string
     dots: list[tuple[float, float]] = field(default_factory=list)
-    legend_x: float = 0
+    legend_x: int = 0
 
 
 @dataclass
@@ -62,7 +62,7 @@ def line_chart(
     series: list[tuple[str, list[float | None]]],
     *,
     y_max: float | None = None,
-    y_format: str = "{:.0f}",
+    y_format: str = "",
     width: int = WIDTH,
     height: int = HEIGHT,
 ) -> Chart:
@@ -81,6 +81,7 @@ def line_chart(
         return round(TOP + plot_h - plot_h * v / top_value, 1)
 
     laid_out = []
+    legend_x = LEFT
     for idx, (label, vals) in enumerate(series[:4]):
         segments: list[str] = []
         current: list[str] = []
@@ -97,9 +98,14 @@ def line_chart(
             segments.append(" ".join(current))
         # A single point is a segment of one: draw it as a dot only.
         laid_out.append(Series(label, f"s{idx}", [s for s in segments if " " in s], dots,
-                               legend_x=LEFT + idx * 150))
+                               legend_x=legend_x))
+        # About 6 px per character at the chart's 11 px font, plus the swatch.
+        legend_x += 36 + 6 * len(label)
 
-    y_ticks = [Tick(LEFT - 6, y_at(top_value * k / 4), y_format.format(top_value * k / 4))
+    def y_label(v: float) -> str:
+        return y_format.format(v) if y_format else f"{round(v, 3):g}"
+
+    y_ticks = [Tick(LEFT - 6, y_at(top_value * k / 4), y_label(top_value * k / 4))
                for k in range(5)]
     step = max(1, round(n / 6))
     x_ticks = [Tick(x_at(i), height - BOTTOM + 14, d.strftime("%b %d"))
