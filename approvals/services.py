@@ -7,6 +7,7 @@ worker is enqueued with transaction.on_commit, never inside the transaction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -61,11 +62,17 @@ def break_glass_get() -> BreakGlass:
     return switch
 
 
+# A policy version is never edited and the same text always parses to the same
+# (frozen) spec, so parsing is memoised by document text: YAML parsing was the largest
+# CPU cost of proposal ingest (bench/bench_ingest.py).
+_parse_policy_cached = functools.lru_cache(maxsize=256)(parse_policy)
+
+
 def active_policy(workflow: Workflow) -> tuple[Policy | None, PolicySpec]:
     policy = workflow.policies.filter(is_active=True).first()
     if policy is None:
-        return None, parse_policy(DEFAULT_POLICY_YAML)
-    return policy, parse_policy(policy.document)
+        return None, _parse_policy_cached(DEFAULT_POLICY_YAML)
+    return policy, _parse_policy_cached(policy.document)
 
 
 def validate_arguments(tool: Tool, arguments: Any, *, field: str = "arguments") -> None:
@@ -321,8 +328,12 @@ def proposal_approve(
     }
     data: dict[str, Any] = {}
     edited = False
-    if edited_arguments is not None:
+    # The reviewer edited what they were shown: masks stand for the original values,
+    # but only when masks were shown (the same test as the review page's).
+    redacted = bool(proposal.policy and proposal.policy.parsed.get("pii_redaction"))
+    if edited_arguments is not None and redacted:
         edited_arguments = pii.restore(edited_arguments, proposal.arguments)
+    if edited_arguments is not None:
         if edited_arguments != proposal.arguments:
             if proposal.tool is None:
                 raise ValidationError({"arguments": ["the tool is not registered"]})
@@ -330,7 +341,7 @@ def proposal_approve(
             extra["final_arguments"] = edited_arguments
             data["final_args_hash"] = canonical_hash(edited_arguments)
             edited = True
-    if edited_text is not None:
+    if edited_text is not None and redacted:
         edited_text = pii.restore(edited_text, proposal.draft_text)
     if edited_text is not None and edited_text != proposal.draft_text:
         extra["final_text"] = edited_text
@@ -346,7 +357,7 @@ def proposal_approve(
         reason=note, action="proposal.edit_approve" if edited else "proposal.approve",
         extra=extra, data=data,
     )
-    policy_spec = parse_policy(approved.policy.document) if approved.policy else None
+    policy_spec = _parse_policy_cached(approved.policy.document) if approved.policy else None
     _execution_create(approved, dry_run=bool(policy_spec and policy_spec.dry_run))
     proposal_notify(approved, "proposal.decided")
     return approved
