@@ -176,15 +176,22 @@ class GatehouseClient:
                              timeout=max(self.timeout, wait + 10), retry=True)[2]
 
     def wait_for_decision(self, proposal_id: int, timeout: float = 300,
-                          *, until_executed: bool = False) -> dict[str, Any]:
+                          *, until_executed: bool = False,
+                          chunk_s: int = MAX_SERVER_WAIT) -> dict[str, Any]:
         """Long-poll until the proposal is decided (or, with until_executed, until its
         execution finished too). Returns the last state seen; check its "status"
-        (still "pending" when the timeout passed first)."""
+        (still "pending" when the timeout passed first).
+
+        The server holds each request while the proposal is pending *or* its execution
+        is unfinished, so with a worker running the answer normally arrives with the
+        execution result. With no worker, an approval is seen at the end of the current
+        chunk: lower chunk_s to hear about the decision sooner at the cost of more
+        requests."""
         deadline = time.monotonic() + timeout
+        chunk = max(1, min(MAX_SERVER_WAIT, int(chunk_s)))
         while True:
             remaining = deadline - time.monotonic()
-            proposal = self.get_proposal(proposal_id, wait=max(0, min(MAX_SERVER_WAIT,
-                                                                      int(remaining))))
+            proposal = self.get_proposal(proposal_id, wait=max(0, min(chunk, int(remaining))))
             if _done(proposal, until_executed) or time.monotonic() >= deadline:
                 return proposal
 

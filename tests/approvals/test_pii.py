@@ -9,7 +9,15 @@ from django.test import Client
 from agents.models import Workflow
 from agents.policy import DEFAULT_POLICY_YAML
 from approvals.models import Proposal, ProposalStatus
-from approvals.pii import CARD_MASK, EMAIL_MASK, PHONE_MASK, luhn_valid, redact, redact_text, restore
+from approvals.pii import (
+    CARD_MASK,
+    EMAIL_MASK,
+    PHONE_MASK,
+    luhn_valid,
+    redact,
+    redact_text,
+    restore,
+)
 from tests.factories import open_run, publish, submit
 
 
@@ -104,7 +112,8 @@ DRAFT = "Dear Ada, we charged 4111 1111 1111 1111 and will call +49 171 1234567.
 
 
 def _proposal(workflow: Workflow, agent, redaction: bool) -> Proposal:  # type: ignore[no-untyped-def]
-    doc = DEFAULT_POLICY_YAML.replace("pii_redaction: true", f"pii_redaction: {str(redaction).lower()}")
+    doc = DEFAULT_POLICY_YAML.replace("pii_redaction: true",
+                                      f"pii_redaction: {str(redaction).lower()}")
     publish(workflow, doc)
     return submit(open_run(agent, workflow), "jira.create_ticket", PII_ARGS, draft_text=DRAFT)
 

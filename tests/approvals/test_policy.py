@@ -177,7 +177,8 @@ def test_anonymous_users_are_sent_to_login(workflow: Workflow) -> None:
     assert r.status_code == 302 and "/accounts/login/" in r["Location"]
 
 
-def test_an_unknown_workflow_is_404_for_managers(manager_client: Client, workflow: Workflow) -> None:
+def test_an_unknown_workflow_is_404_for_managers(manager_client: Client,
+                                                 workflow: Workflow) -> None:
     assert manager_client.get("/workflows/no-such-flow/policy/").status_code == 404
 
 

@@ -48,7 +48,8 @@ def test_overdue_items_get_the_on_timeout_fallback(workflow: Workflow, agent, on
     assert services.proposals_expire_overdue() == 0  # nothing twice
 
 
-def test_escalate_keeps_it_pending_with_a_new_deadline_and_a_flag(workflow: Workflow, agent) -> None:  # type: ignore[no-untyped-def]
+def test_escalate_keeps_it_pending_with_a_new_deadline_and_a_flag(
+        workflow: Workflow, agent) -> None:  # type: ignore[no-untyped-def]
     p = _overdue(workflow, agent, "escalate")
     assert services.proposals_expire_overdue() == 1
     p.refresh_from_db()
