@@ -173,9 +173,14 @@ def test_auth_not_found_and_conflict_errors(gh: GatehouseClient, live_server: An
     with pytest.raises(GatehouseError) as exc:
         GatehouseClient(live_server.url, "gh_wrong").open_run("support-triage", "T")
     assert exc.value.status == 401 and exc.value.field_errors == {}
+    assert exc.value.detail == {"detail": "Invalid or inactive agent token."}
     with pytest.raises(GatehouseError) as exc:
         gh.wait_for_decision(999999, timeout=1)
-    assert exc.value.status == 404
+    assert (exc.value.status, exc.value.detail) == (404, {"detail": "Not found."})
+    with pytest.raises(GatehouseError) as exc:
+        gh._request("PUT", "runs/", {})
+    assert exc.value.status == 405 and exc.value.detail == {
+        "detail": 'Method "PUT" not allowed.'}
     run = gh.open_run("support-triage", "T-1")
     gh.close_run(run["id"])
     with pytest.raises(GatehouseError) as exc:
