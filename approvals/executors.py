@@ -68,7 +68,10 @@ def run_webhook(url: str, request: ExecutionRequest) -> dict[str, Any]:
         response = requests.post(
             url, json=body, headers=headers, timeout=settings.GATEHOUSE_WEBHOOK_TIMEOUT
         )
-    except (requests.ConnectionError, requests.Timeout) as exc:
+    except (requests.ConnectionError, requests.Timeout,
+            requests.exceptions.ChunkedEncodingError) as exc:
+        # Includes a connection cut mid-response: the tool may have acted, and the
+        # retry carries the same idempotency key, so retrying is the safe choice.
         raise TransientError(f"{type(exc).__name__}: {exc}") from exc
     except requests.RequestException as exc:
         raise PermanentError(str(exc)) from exc

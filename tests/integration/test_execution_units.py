@@ -7,12 +7,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import requests
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from agents.models import AuditEvent, BreakerState, Tool
-from approvals import dispatch, execution
+from approvals import dispatch, execution, executors
 from approvals.models import Execution, ExecutionStatus
+from bench.fake_tool_server import FakeToolServer
 from tests.factories import open_run, submit
 
 pytestmark = pytest.mark.django_db
@@ -102,3 +104,43 @@ def test_a_stale_running_row_is_reclaimed_with_the_same_key(
     assert claim.request.idempotency_key == str(row.idempotency_key)
     # A recent claim by a live worker is left alone.
     assert execution.execution_claim(execution_id=row.pk) is None
+
+
+@pytest.mark.parametrize(("path", "error"), [
+    ("/status/503", executors.TransientError),
+    ("/status/429", executors.TransientError),
+    ("/status/400", executors.PermanentError),
+    ("/status/404", executors.PermanentError),
+])
+def test_webhook_status_codes_map_to_transient_or_permanent(
+    path: str, error: type[Exception],
+) -> None:
+    server = FakeToolServer().start()
+    try:
+        with pytest.raises(error):
+            executors.run_webhook(server.url(path), _request())
+    finally:
+        server.stop()
+
+
+def test_webhook_sends_the_idempotency_key_and_a_cut_response_is_transient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = FakeToolServer().start()
+    try:
+        result = executors.run_webhook(server.url("/tool"), _request())
+        assert result["status_code"] == 200 and server.effects["k-1"] == 1
+    finally:
+        server.stop()
+
+    def cut(*args: Any, **kwargs: Any) -> None:
+        raise requests.exceptions.ChunkedEncodingError("connection broken mid-body")
+
+    monkeypatch.setattr(executors.requests, "post", cut)
+    with pytest.raises(executors.TransientError):
+        executors.run_webhook("http://127.0.0.1:9/tool", _request())
+
+
+def _request() -> executors.ExecutionRequest:
+    return executors.ExecutionRequest(tool="jira.create_ticket", arguments={"a": 1}, text="",
+                                      idempotency_key="k-1", dry_run=False, proposal_id=1)

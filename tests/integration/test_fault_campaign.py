@@ -8,6 +8,7 @@ workers), so what is tested here is exactly what produces docs/RELIABILITY.md's 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,12 +21,21 @@ pytestmark = pytest.mark.integration
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 
+def _spare_redis_port() -> int:
+    """A free port in the range helpers may use for throwaway redis-servers."""
+    for port in range(6392, 6400):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    pytest.skip("no spare port in 6392-6399 for a private redis-server")
+
+
 def test_faults_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     out = tmp_path / "faults.json"
     database = f"{settings.DATABASES['default']['NAME']}_faults"[:60]
     done = subprocess.run(
         [sys.executable, "bench/faults.py", "--actions", "150", "--fault-every", "40",
-         "--tool-delay", "0.5", "--database", database, "--redis-port", "6392",
+         "--tool-delay", "0.5", "--database", database, "--redis-port", str(_spare_redis_port()),
          "--drain-timeout", "120", "--out", str(out)],
         cwd=BASE_DIR, capture_output=True, text=True, timeout=240, check=False,
     )
