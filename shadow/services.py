@@ -155,6 +155,10 @@ def _may_see(actor: Actor, workflow: Workflow) -> None:
         raise PermissionDenied("you are not a reviewer of this workflow")
 
 
+def _user(actor: Actor) -> AbstractBaseUser | None:
+    return actor if isinstance(actor, AbstractBaseUser) else None
+
+
 def _comparator_key(proposal: Proposal) -> str:
     return proposal.tool.comparator if proposal.tool is not None else "fields"
 
@@ -234,7 +238,7 @@ def outcome_ingest(
     outcome = HumanOutcome.objects.create(
         workflow=workflow, case_ref=case_ref, tool_name=tool_name, arguments=arguments,
         text=text, source=source, external_id=external_id,
-        created_by=actor if isinstance(actor, AbstractBaseUser) else None)
+        created_by=_user(actor))
     audit_record(actor=actor, action="outcome.record", obj=outcome, to_state=source,
                  data={"workflow": workflow.slug, "case_ref": case_ref, "tool": tool_name,
                        "external_id": external_id})
@@ -390,7 +394,7 @@ EXPORT_TASK = "shadow.tasks.export_dataset"
 
 
 @transaction.atomic
-def dataset_create(*, actor: AbstractBaseUser, workflow: Workflow, name: str,
+def dataset_create(*, actor: Actor, workflow: Workflow, name: str,
                    description: str = "") -> Dataset:
     _may_see(actor, workflow)
     name = (name or "").strip()
@@ -401,7 +405,8 @@ def dataset_create(*, actor: AbstractBaseUser, workflow: Workflow, name: str,
     if Dataset.objects.filter(workflow=workflow, name=name).exists():
         raise ValidationError({"name": [f"a dataset named {name!r} already exists here"]})
     dataset = Dataset.objects.create(workflow=workflow, name=name,
-                                     description=(description or "").strip(), created_by=actor)
+                                     description=(description or "").strip(),
+                                     created_by=_user(actor))
     audit_record(actor=actor, action="dataset.create", obj=dataset,
                  data={"workflow": workflow.slug, "name": name})
     return dataset
@@ -481,7 +486,7 @@ def _examples_matching(workflow: Workflow, filters: dict[str, Any]) -> Q:
 
 
 @transaction.atomic
-def dataset_version_create(*, actor: AbstractBaseUser, dataset: Dataset,
+def dataset_version_create(*, actor: Actor, dataset: Dataset,
                            filters: dict[str, Any]) -> DatasetVersion:
     """Cut a frozen version: the matching examples are copied into the version's
     membership table now, so examples labeled later never change it."""
@@ -491,7 +496,7 @@ def dataset_version_create(*, actor: AbstractBaseUser, dataset: Dataset,
     locked = Dataset.objects.select_for_update().get(pk=dataset.pk)
     last = locked.versions.order_by("-number").values_list("number", flat=True).first() or 0
     version = DatasetVersion.objects.create(dataset=locked, number=last + 1, filters=filters,
-                                            created_by=actor)
+                                            created_by=_user(actor))
     # INSERT ... SELECT inside the database: constant memory for any number of examples.
     select_sql, params = (LabeledExample.objects.filter(_examples_matching(locked.workflow,
                                                                            filters))
@@ -506,6 +511,10 @@ def dataset_version_create(*, actor: AbstractBaseUser, dataset: Dataset,
             f"SELECT %s, sub.id FROM ({select_sql}) sub",
             [version.pk, *params])
         count = max(cur.rowcount, 0)
+        if connection.vendor == "postgresql":
+            # Fresh statistics, so the export that usually follows at once plans its
+            # keyset queries as index range scans rather than from a stale row count.
+            cur.execute(f"ANALYZE {qn(through._meta.db_table)}")
     DatasetVersion.objects.filter(pk=version.pk).update(example_count=count)
     version.example_count = count
     audit_record(actor=actor, action="dataset.version_create", obj=version,
@@ -535,7 +544,7 @@ def export_start(*, actor: Actor, version: DatasetVersion, format: str,
         raise ValidationError({"format": [f"must be one of {', '.join(ExportFormat.values)}"]})
     job = ExportJob.objects.create(
         version=version, format=format, rows_total=version.example_count,
-        requested_by=actor if isinstance(actor, AbstractBaseUser) else None)
+        requested_by=_user(actor))
     audit_record(actor=actor, action="export.start", obj=job, to_state=ExportStatus.QUEUED,
                  data={"version": version.pk, "format": format})
     if enqueue:
@@ -560,19 +569,29 @@ CSV_HEADER = ["id", "proposal", "source", "agent_version", "tool", "is_good",
 
 def iter_version_batches(version_id: int, *, only_with_human: bool = False,
                          batch_size: int = EXPORT_BATCH) -> Iterator[list[dict[str, Any]]]:
-    """Keyset pagination (id > last, order by id): each batch is one short query, so
-    memory stays flat and no server-side cursor or transaction is held open."""
-    last = 0
-    base = LabeledExample.objects.filter(dataset_versions=version_id)
+    """Keyset pagination (id > last, order by id): each batch is two short queries, so
+    memory stays flat and no server-side cursor or transaction is held open.
+
+    The next ids come from the membership table's (version, example) unique index
+    alone; the rows are then fetched by primary key. Joining first and paginating on
+    the example's id lets the planner sort the whole rest of the version on every
+    batch, which is quadratic in the version's size.
+    """
+    members = DatasetVersion.examples.through.objects.filter(datasetversion_id=version_id)
+    rows = LabeledExample.objects.all()
     if only_with_human:
-        base = base.filter(human_output__isnull=False)
+        rows = rows.filter(human_output__isnull=False)
+    last = 0
     while True:
-        batch = list(base.filter(id__gt=last).order_by("id").values(*_EXAMPLE_FIELDS)
-                     [:batch_size])
-        if not batch:
+        ids = list(members.filter(labeledexample_id__gt=last).order_by("labeledexample_id")
+                   .values_list("labeledexample_id", flat=True)[:batch_size])
+        if not ids:
             return
-        last = batch[-1]["id"]
-        yield batch
+        last = ids[-1]
+        batch = list(rows.filter(id__in=ids).order_by("id").values(*_EXAMPLE_FIELDS))
+        del ids
+        if batch:
+            yield batch
         # Drop our reference before fetching the next batch, or two batches would be
         # alive at once and the peak would double.
         del batch

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
+from django.db import connection
 
 from agents.audit import SYSTEM
 from agents.models import AuditEvent
 from agents.policy import DEFAULT_POLICY_YAML
 from approvals.models import Proposal
 from shadow import services
-from shadow.models import Dataset, ExampleSource, ExportJob, LabeledExample
+from shadow.models import Dataset, ExportJob, LabeledExample
 from shadow.services import review_approve, review_reject
 from tests.factories import open_run, publish, submit
 from tests.shadow.conftest import shadow_proposal
@@ -241,15 +242,23 @@ def test_export_dataset_command_uses_the_service(reviewer, agent, workflow, data
 
 
 def _bulk_examples(proposal: Proposal, n: int, agent_version: str) -> None:
-    context = {"case_ref": "T-1", "rationale": "customer reports the printer is on fire " * 3}
-    output = {"tool": "jira.create_ticket",
-              "arguments": {"project": "SUP", "summary": "Printer on fire " * 4}, "text": ""}
-    LabeledExample.objects.bulk_create(
-        (LabeledExample(workflow_id=proposal.workflow_id, proposal=proposal,
-                        source=ExampleSource.EDIT, agent_version=agent_version,
-                        tool_name="jira.create_ticket", context=context, agent_output=output,
-                        human_output=output, is_good=False, failure_category="wrong_params")
-         for _ in range(n)), batch_size=5000)
+    """n edit examples in one INSERT ... SELECT (bulk_create of 20k JSON rows takes 10 s)."""
+    with connection.cursor() as cur:
+        cur.execute(
+            f"""INSERT INTO {LabeledExample._meta.db_table} (workflow_id, proposal_id, source,
+                agent_version, tool_name, context, agent_output, human_output, is_good,
+                failure_category, note, created_at)
+            SELECT %s, %s, 'edit', %s, 'jira.create_ticket',
+                jsonb_build_object('case_ref', 'T-' || g, 'rationale',
+                    'customer reports the printer on floor 3 is on fire again, ticket ' || g),
+                %s::jsonb,
+                jsonb_build_object('tool', 'jira.create_ticket', 'text', '', 'arguments',
+                    jsonb_build_object('project', 'SUP', 'summary', 'Printer on fire #' || g)),
+                false, 'wrong_params', '', now()
+            FROM generate_series(1, %s) g""",
+            [proposal.workflow_id, proposal.pk, agent_version,
+             json.dumps({"tool": "jira.create_ticket", "text": "",
+                         "arguments": {"project": "SUP", "summary": "Printer on fire"}}), n])
 
 
 def _peak(reviewer, version, fmt: str) -> int:  # type: ignore[no-untyped-def]
@@ -264,6 +273,8 @@ def _peak(reviewer, version, fmt: str) -> int:  # type: ignore[no-untyped-def]
 
 def test_export_memory_is_flat_in_the_number_of_rows(reviewer, agent, workflow,
                                                      dataset) -> None:
+    # Redaction costs time, not memory: leave it out to keep the test quick.
+    publish(workflow, DEFAULT_POLICY_YAML.replace("pii_redaction: true", "pii_redaction: false"))
     proposal = submit(open_run(agent, workflow))
     _bulk_examples(proposal, 2_000, "small")
     _bulk_examples(proposal, 20_000, "big")
