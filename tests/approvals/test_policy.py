@@ -290,3 +290,10 @@ def test_replay_command_errors(workflow: Workflow, tmp_path: Path, args: list[st
             if a == "BAD" else a for a in args]
     with pytest.raises(CommandError, match=message):
         call_command("replay_policy", *args, stdout=StringIO())
+
+
+@pytest.mark.parametrize("document", ["max_tool_calls: 8\x00", "allowed_tools: [\x07]"])
+def test_control_characters_are_a_400_not_a_500(manager_client: Client, workflow: Workflow,
+                                                document: str) -> None:
+    r = manager_client.post(URL, {"document": document, "action": "publish"})
+    assert r.status_code == 400 and workflow.policies.count() == 1
