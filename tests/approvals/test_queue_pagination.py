@@ -55,3 +55,17 @@ def test_a_garbled_cursor_is_a_400_naming_the_parameter(client: Client, reviewer
     response = client.get("/queue/?after=not-a-cursor")
     assert response.status_code == 400
     assert b"after:" in response.content
+
+
+def test_pending_items_without_a_deadline_come_last_and_are_reachable(
+    client: Client, reviewer, agent, workflow
+) -> None:
+    made = [submit(open_run(agent, workflow, case_ref=f"N-{i}")).pk for i in range(27)]
+    # Not reachable through the services today; the pager must still not lose such rows.
+    Proposal.objects.filter(pk__in=made[:2]).update(sla_deadline=None)
+    client.force_login(reviewer)
+    first = client.get("/queue/").content.decode()
+    second = client.get("/queue/" + _next_link(first)).content.decode()
+    ids = _ids(first) + _ids(second)
+    assert sorted(ids) == sorted(made)
+    assert ids[-2:] == made[:2]
