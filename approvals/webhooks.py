@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import time
+from datetime import timedelta
 
 import requests
 from django.conf import settings
@@ -61,3 +62,18 @@ def webhook_deliver(*, delivery_id: int) -> str:
     if delivery.attempts + 1 < MAX_ATTEMPTS:
         dispatch.publish_webhook(delivery.pk, countdown=min(2 ** (delivery.attempts + 1), 600))
     return "retry"
+
+
+def webhooks_sweep(*, grace_s: int = 60, limit: int = 500) -> int:
+    """Republish deliveries whose first publish never reached the broker.
+
+    proposal_notify publishes after commit; if the broker was down then, the row sits
+    with attempts == 0 for ever. Delivery is at least once (receivers deduplicate on
+    X-Gatehouse-Delivery), so a republish racing a slow first task is harmless.
+    A beat entry has to call this (approvals.tasks is not wired yet).
+    """
+    cutoff = timezone.now() - timedelta(seconds=grace_s)
+    stuck = list(WebhookDelivery.objects.filter(delivered_at__isnull=True, attempts=0,
+                                                created_at__lt=cutoff)
+                 .order_by("id").values_list("pk", flat=True)[:limit])
+    return sum(1 for pk in stuck if dispatch.publish_webhook(pk))

@@ -241,3 +241,20 @@ def test_deliveries_are_published_only_after_commit(workflow: Workflow, hooked_a
     for callback in callbacks:
         callback()
     assert republished == [(WebhookDelivery.objects.get(proposal=p).pk, None)]
+
+
+def test_the_sweep_republishes_deliveries_whose_first_publish_was_lost(
+        workflow: Workflow, hooked_agent: Agent, reviewer, republished: list,  # type: ignore[no-untyped-def]
+        receiver: tuple[Receiver, str]) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+    run = open_run(hooked_agent, workflow)
+    lost, fresh, done = (submit(run) for _ in range(3))
+    for p in (lost, fresh, done):
+        services.proposal_hand_off(actor=reviewer, proposal=p, expected_version=1)
+    old = timezone.now() - timedelta(minutes=5)
+    WebhookDelivery.objects.filter(proposal__in=[lost, done]).update(created_at=old)
+    webhooks.webhook_deliver(delivery_id=WebhookDelivery.objects.get(proposal=done).pk)
+    assert webhooks.webhooks_sweep(grace_s=60) == 1
+    assert republished == [(WebhookDelivery.objects.get(proposal=lost).pk, None)]
