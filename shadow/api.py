@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db.models import Prefetch
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
@@ -85,8 +86,9 @@ class OutcomeSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(ComparisonSerializer(many=True))
     def get_comparisons(self, obj: HumanOutcome) -> list:
-        qs = obj.comparisons.select_related("proposal__policy").order_by("id")
-        return ComparisonSerializer(qs, many=True).data
+        # .all() so the list view's prefetch serves it (no query per outcome).
+        comparisons = sorted(obj.comparisons.all(), key=lambda c: c.pk)
+        return ComparisonSerializer(comparisons, many=True).data
 
 
 class OutcomePagination(CursorPagination):
@@ -118,7 +120,8 @@ def _visible_workflow(request: Request, slug: str) -> Workflow:
 @permission_classes([IsHumanReviewer])
 def outcomes(request: Request) -> Response:
     if request.method == "GET":
-        qs = selectors.outcomes_for_user(request.user).select_related("workflow")
+        qs = selectors.outcomes_for_user(request.user).select_related("workflow").prefetch_related(
+            Prefetch("comparisons", queryset=Comparison.objects.select_related("proposal__policy")))
         if slug := request.query_params.get("workflow", ""):
             qs = qs.filter(workflow=_visible_workflow(request, slug))
         paginator = OutcomePagination()

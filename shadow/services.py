@@ -637,6 +637,21 @@ def openai_record(record: dict[str, Any], system_prompt: str) -> dict[str, Any]:
     ]}
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(column: str, value: Any) -> Any:
+    if column in ("context", "agent_output", "human_output"):
+        return json.dumps(value, ensure_ascii=False)
+    if column == "is_good":
+        return "true" if value else "false"
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        # Agent-written text (agent_version, notes) opened in a spreadsheet must not
+        # run as a formula (CSV injection): a leading quote makes it plain text.
+        return "'" + value
+    return value
+
+
 def _json_line(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n"
 
@@ -663,19 +678,10 @@ def _finish(job: ExportJob, *, status: str, path: str = "", error: str = "",
                      data={"rows": rows_done, "file": path})
 
 
-def export_run(*, job_id: int, out_path: Path | None = None, batch_size: int = EXPORT_BATCH,
-               on_progress: Callable[[int, int], None] | None = None) -> ExportJob:
-    """Stream one export to a file. Runs outside any long transaction: the claim, each
-    progress update and the finish are separate short transactions."""
-    with transaction.atomic():
-        claimed = ExportJob.objects.filter(pk=job_id, status=ExportStatus.QUEUED).update(
-            status=ExportStatus.RUNNING, rows_done=0)
-        job = ExportJob.objects.select_related("version__dataset__workflow").get(pk=job_id)
-        if claimed != 1:
-            # Redelivered or already started: never run one export twice.
-            return job
-        audit_record(actor=SYSTEM, action="export.run", obj=job, from_state=ExportStatus.QUEUED,
-                     to_state=ExportStatus.RUNNING)
+def _write_export(job: ExportJob, path: Path, *, batch_size: int,
+                  on_progress: Callable[[int, int], None] | None) -> int:
+    """Write the file under a .part name and rename it when complete, so a download
+    never sees half a file. Returns the number of rows written."""
     version = job.version
     workflow = version.dataset.workflow
     openai = job.format == ExportFormat.OPENAI
@@ -683,7 +689,6 @@ def export_run(*, job_id: int, out_path: Path | None = None, batch_size: int = E
                                            human_output__isnull=False).count()
              if openai else version.example_count)
     ExportJob.objects.filter(pk=job.pk).update(rows_total=total)
-    path = Path(out_path) if out_path else _export_path(job)
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
     pii_flags = _pii_flags(workflow.pk)
@@ -703,11 +708,7 @@ def export_run(*, job_id: int, out_path: Path | None = None, batch_size: int = E
                     record = _example_record(row, pii_flags.get(row["proposal__policy_id"],
                                                                 False))
                     if writer is not None:
-                        writer.writerow([
-                            json.dumps(record[c], ensure_ascii=False)
-                            if c in ("context", "agent_output", "human_output") else
-                            ("true" if record[c] else "false") if c == "is_good" else record[c]
-                            for c in CSV_HEADER])
+                        writer.writerow([_csv_cell(c, record[c]) for c in CSV_HEADER])
                     elif openai:
                         fh.write(_json_line(openai_record(record, system_prompt)))
                     else:
@@ -719,10 +720,33 @@ def export_run(*, job_id: int, out_path: Path | None = None, batch_size: int = E
                 if on_progress is not None:
                     on_progress(done, total)
         os.replace(part, path)
-    except Exception as exc:
+    except BaseException:
         part.unlink(missing_ok=True)
+        raise
+    return done
+
+
+def export_run(*, job_id: int, out_path: Path | None = None, batch_size: int = EXPORT_BATCH,
+               on_progress: Callable[[int, int], None] | None = None) -> ExportJob:
+    """Stream one export to a file. Runs outside any long transaction: the claim, each
+    progress update and the finish are separate short transactions."""
+    with transaction.atomic():
+        claimed = ExportJob.objects.filter(pk=job_id, status=ExportStatus.QUEUED).update(
+            status=ExportStatus.RUNNING, rows_done=0)
+        job = ExportJob.objects.select_related("version__dataset__workflow").get(pk=job_id)
+        if claimed != 1:
+            # Redelivered or already started: never run one export twice.
+            return job
+        audit_record(actor=SYSTEM, action="export.run", obj=job, from_state=ExportStatus.QUEUED,
+                     to_state=ExportStatus.RUNNING)
+    path = Path(out_path) if out_path else _export_path(job)
+    try:
+        done = _write_export(job, path, batch_size=batch_size, on_progress=on_progress)
+    except Exception as exc:
+        # Recorded, so the page stops polling and shows why; then re-raised for the task.
         _finish(job, status=ExportStatus.FAILED, error=f"{type(exc).__name__}: {exc}",
-                rows_done=done)
+                rows_done=ExportJob.objects.filter(pk=job.pk).values_list(
+                    "rows_done", flat=True).first())
         raise
     _finish(job, status=ExportStatus.DONE, path=str(path), rows_done=done)
     job.refresh_from_db()

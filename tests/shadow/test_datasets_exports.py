@@ -290,3 +290,48 @@ def test_export_memory_is_flat_in_the_number_of_rows(reviewer, agent, workflow,
     assert big_peak <= 1.5 * small_peak, (small_peak, big_peak)
     assert ExportJob.objects.filter(version=big).get().rows_done == 20_000
     assert SYSTEM  # the exporter audits as the system actor
+
+
+def test_csv_cells_that_look_like_formulas_are_neutralised(reviewer, agent, workflow,
+                                                          dataset) -> None:
+    p = submit(open_run(agent, workflow), agent_version="=HYPERLINK(\"http://x\")")
+    review_approve(actor=reviewer, proposal=p, expected_version=p.version)
+    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
+    job = run_export(reviewer, version, "csv")
+    with Path(job.file_path).open(newline="", encoding="utf-8") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["agent_version"] == "'=HYPERLINK(\"http://x\")"
+
+
+def test_a_failed_export_is_recorded_and_leaves_no_file(reviewer, agent, workflow, dataset,
+                                                        tmp_path: Path) -> None:
+    labeled_mix(reviewer, agent, workflow)
+    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    job = services.export_start(actor=reviewer, version=version, format="jsonl",
+                                enqueue=False)
+    with pytest.raises(OSError):
+        services.export_run(job_id=job.pk, out_path=blocker / "out.jsonl")
+    job.refresh_from_db()
+    assert job.status == "failed" and job.finished_at and "Error" in job.error
+    assert AuditEvent.objects.filter(action="export.failed").count() == 1
+
+
+def test_a_write_error_mid_export_removes_the_partial_file(reviewer, agent, workflow,
+                                                          dataset, monkeypatch,
+                                                          tmp_path: Path) -> None:
+    labeled_mix(reviewer, agent, workflow)
+    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
+    job = services.export_start(actor=reviewer, version=version, format="jsonl",
+                                enqueue=False)
+
+    def boom(done: int, total: int) -> None:
+        raise RuntimeError("disk full")
+
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(RuntimeError):
+        services.export_run(job_id=job.pk, out_path=out, batch_size=2, on_progress=boom)
+    job.refresh_from_db()
+    assert (job.status, job.rows_done) == ("failed", 2) and "disk full" in job.error
+    assert not out.exists() and not out.with_name("out.jsonl.part").exists()

@@ -209,3 +209,34 @@ def test_review_wrappers_still_label_edits_and_rejections(reviewer, agent, workf
     rej = LabeledExample.objects.get(proposal=rejected)
     assert rej.source == "rejection" and rej.failure_category == "unsafe"
     assert Proposal.objects.get(pk=rejected.pk).status == "rejected"
+
+
+def test_match_pending_beat_task_is_thin(reviewer, agent, shadow_workflow) -> None:
+    from django.conf import settings
+
+    from shadow.tasks import match_pending
+
+    services.outcome_record(actor=reviewer, workflow=shadow_workflow, case_ref="T-6",
+                            tool_name="jira.create_ticket", arguments=ARGS)
+    shadow_proposal(agent, shadow_workflow, case_ref="T-6", arguments=ARGS)
+    assert match_pending.run() == 1
+    schedule = settings.CELERY_BEAT_SCHEDULE["shadow-match-pending"]
+    assert schedule["task"] == "shadow.tasks.match_pending"
+    assert schedule["schedule"].total_seconds() == 60
+
+
+def test_old_unmatched_proposals_are_left_to_outcome_ingest(reviewer, agent,
+                                                            shadow_workflow) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    services.outcome_record(actor=reviewer, workflow=shadow_workflow, case_ref="T-6",
+                            tool_name="jira.create_ticket", arguments=ARGS)
+    p = shadow_proposal(agent, shadow_workflow, case_ref="T-6", arguments=ARGS)
+    Proposal.objects.filter(pk=p.pk).update(created_at=timezone.now() - timedelta(days=30))
+    assert services.shadow_match_pending() == 0
+    # A new outcome for the case still reaches it.
+    services.outcome_record(actor=reviewer, workflow=shadow_workflow, case_ref="T-6",
+                            tool_name="jira.create_ticket", arguments=ARGS, external_id="x")
+    assert Comparison.objects.filter(proposal=p).count() == 1

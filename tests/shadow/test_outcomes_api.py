@@ -138,3 +138,14 @@ def test_outcomes_endpoint_is_in_the_openapi_schema(reviewer_api: APIClient) -> 
     assert schema.status_code == 200
     text = schema.content.decode()
     assert "/api/v1/outcomes/" in text and "agent token is refused" in text
+
+
+def test_list_does_not_query_per_outcome(reviewer_api: APIClient, agent, shadow_workflow,
+                                         django_assert_max_num_queries) -> None:
+    for i in range(8):
+        shadow_proposal(agent, shadow_workflow, case_ref=f"T-{i}")
+        reviewer_api.post(URL, {**BODY, "case_ref": f"T-{i}", "external_id": f"e{i}"},
+                          format="json")
+    with django_assert_max_num_queries(12):
+        data = reviewer_api.get(URL).json()
+    assert len(data["results"]) == 8 and all(len(o["comparisons"]) == 1 for o in data["results"])
