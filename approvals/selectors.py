@@ -110,7 +110,10 @@ def review_queue_page(
                                      & (Q(sla_deadline__gt=value) | Q(id__gt=pk)))
             rows = list(dated[: size + 1])
         if len(rows) <= size:
-            undated = qs.filter(sla_deadline__isnull=True).order_by("id")
+            # Ordered by (sla_deadline, id), all NULL, rather than by id alone: that keeps
+            # the planner on the (status, sla_deadline) index instead of walking the
+            # whole primary key looking for rows that usually do not exist.
+            undated = qs.filter(sla_deadline__isnull=True).order_by("sla_deadline", "id")
             if after and value is None:
                 undated = undated.filter(id__gt=pk)
             rows += list(undated[: size + 1 - len(rows)])
