@@ -255,3 +255,32 @@ def test_break_glass_post_without_csrf_is_refused(manager) -> None:  # type: ign
     client.force_login(manager)
     response = client.post("/break-glass/", {"what": "read_only", "value": "on", "reason": "x"})
     assert response.status_code == 403
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/workflows/support-triage/", 404),
+    # managers-only page: 403 before the lookup, so it reveals no workflow either
+    ("/workflows/support-triage/policy/", 403),
+    ("/shadow/support-triage/", 404),
+    ("/shadow/support-triage/outcomes/new/", 404),
+])
+def test_outsider_learns_nothing_from_the_pages_of_a_workflow_they_do_not_review(
+    client: Client, other_reviewer, workflow: Workflow, path: str, expected: int
+) -> None:  # type: ignore[no-untyped-def]
+    client.force_login(other_reviewer)
+    assert client.get(path).status_code == expected
+    assert client.get(path.replace("support-triage", "no-such-workflow")).status_code == expected
+
+
+@pytest.mark.parametrize("action", ["promote", "demote", "requalify"])
+def test_ladder_posts_are_404_for_outsiders_and_403_for_reviewers(
+    client: Client, reviewer, other_reviewer, workflow: Workflow, action: str
+) -> None:  # type: ignore[no-untyped-def]
+    data = {"reason": "x", "override_justification": "y"}
+    client.force_login(other_reviewer)
+    assert client.post(f"/workflows/support-triage/{action}/", data).status_code == 404
+    client.force_login(reviewer)
+    assert client.post(f"/workflows/support-triage/{action}/", data).status_code == 403
+    workflow.refresh_from_db()
+    assert workflow.autonomy_level == 2 and not workflow.release_notes.filter(
+        kind__in=["promote", "override", "demote", "unfreeze"]).exists()
