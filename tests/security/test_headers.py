@@ -111,6 +111,15 @@ def test_api_responses_send_nosniff_and_csp(agent_client) -> None:  # type: igno
     _assert_security_headers("/api/v1/whoami/", response)
 
 
+@pytest.mark.django_db
+def test_api_answers_a_browser_with_json_not_the_browsable_api(client: Client, reviewer) -> None:  # type: ignore[no-untyped-def]
+    # DRF's browsable API carries inline styles the CSP blocks; the API speaks JSON only.
+    client.force_login(reviewer)
+    response = client.get("/api/v1/proposals/", HTTP_ACCEPT="text/html,*/*;q=0.8")
+    assert response.status_code == 403
+    assert response["Content-Type"] == "application/json"
+
+
 def test_check_deploy_is_clean_with_production_settings(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "GATEHOUSE_"))}
     env.update({
