@@ -31,3 +31,8 @@ def expire_overdue() -> int:
 @shared_task(name="approvals.tasks.sweep_executions")
 def sweep_executions() -> int:
     return execution.executions_sweep()
+
+
+@shared_task(name="approvals.tasks.sweep_webhooks")
+def sweep_webhooks() -> int:
+    return webhooks.webhooks_sweep()

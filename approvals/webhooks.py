@@ -70,7 +70,7 @@ def webhooks_sweep(*, grace_s: int = 60, limit: int = 500) -> int:
     proposal_notify publishes after commit; if the broker was down then, the row sits
     with attempts == 0 for ever. Delivery is at least once (receivers deduplicate on
     X-Gatehouse-Delivery), so a republish racing a slow first task is harmless.
-    A beat entry has to call this (approvals.tasks is not wired yet).
+    Beat runs it (approvals.tasks.sweep_webhooks, every GATEHOUSE_WEBHOOK_SWEEP_SECONDS).
     """
     cutoff = timezone.now() - timedelta(seconds=grace_s)
     stuck = list(WebhookDelivery.objects.filter(delivered_at__isnull=True, attempts=0,

@@ -234,6 +234,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "approvals.tasks.sweep_executions",
         "schedule": timedelta(seconds=env_int("GATEHOUSE_OUTBOX_SWEEP_SECONDS", 15, minimum=1)),
     },
+    "sweep-unpublished-webhooks": {
+        "task": "approvals.tasks.sweep_webhooks",
+        "schedule": timedelta(seconds=env_int("GATEHOUSE_WEBHOOK_SWEEP_SECONDS", 60, minimum=1)),
+    },
     "shadow-match-pending": {
         "task": "shadow.tasks.match_pending",
         "schedule": timedelta(seconds=env_int("GATEHOUSE_SHADOW_MATCH_SECONDS", 60, minimum=1)),
@@ -247,6 +251,8 @@ GATEHOUSE_EXECUTION_MAX_RETRIES = env_int("GATEHOUSE_EXECUTION_MAX_RETRIES", 5)
 GATEHOUSE_BREAKER_THRESHOLD = env_int("GATEHOUSE_BREAKER_THRESHOLD", 5, minimum=1)
 GATEHOUSE_BREAKER_COOLDOWN_SECONDS = env_int("GATEHOUSE_BREAKER_COOLDOWN_SECONDS", 60)
 GATEHOUSE_OUTBOX_GRACE_SECONDS = env_int("GATEHOUSE_OUTBOX_GRACE_SECONDS", 30)
+# Violations per 1,000 runs in the last hour that demote a workflow one level.
+GATEHOUSE_VIOLATION_SPIKE_PER_1000 = env_int("GATEHOUSE_VIOLATION_SPIKE_PER_1000", 10, minimum=1)
 GATEHOUSE_DEFAULT_SLA_MINUTES = env_int("GATEHOUSE_DEFAULT_SLA_MINUTES", 240, minimum=1)
 GATEHOUSE_EXPORT_DIR = Path(os.environ.get("GATEHOUSE_EXPORT_DIR", VAR_DIR / "exports"))
 
