@@ -188,6 +188,8 @@ def _detail_context(request: HttpRequest, workflow: Workflow) -> tuple[dict[str,
         "windows": WINDOWS, "days": days, "versions": versions, "version": version,
         "release_notes": workflow.release_notes.select_related("actor")[:100],
         "is_manager": is_manager(request.user),
+        "active_policy_version": workflow.policies.filter(is_active=True)
+        .values_list("version", flat=True).first(),
         "errors": errors,
         "form": {},
     }
