@@ -101,6 +101,10 @@ class ProposalSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(ExecutionSerializer(allow_null=True))
     def get_execution(self, obj: Proposal) -> dict | None:
+        # Only an approved proposal ever gets an execution row; skipping the lookup for
+        # the rest saves ingest a round trip per proposal (bench/bench_ingest.py).
+        if obj.status != ProposalStatus.APPROVED:
+            return None
         execution = Execution.objects.filter(proposal=obj).first()
         return ExecutionSerializer(execution).data if execution else None
 

@@ -19,7 +19,7 @@ import jsonschema
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -164,15 +164,27 @@ class SubmitResult:
     replayed: bool
 
 
-def _lock_idempotency_key(agent: Agent, key: str) -> None:
-    if connection.vendor == "postgresql":
-        # Two identical requests racing: the second waits here, then replays the first.
-        with connection.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                        [f"idem:{agent.pk}:{key}"])
+def _workflow_and_policy(run: Run) -> tuple[Workflow, Policy | None, PolicySpec]:
+    """The run's workflow, re-read (a caller's copy may predate a level change), and its
+    active policy: one query when the workflow has an active policy (ingest's hot path
+    counts round trips, bench/bench_ingest.py), two otherwise."""
+    policy = (Policy.objects.select_related("workflow")
+              .filter(workflow_id=run.workflow_id, is_active=True).first())
+    if policy is None:
+        return Workflow.objects.get(pk=run.workflow_id), None, _parse_policy_cached(
+            DEFAULT_POLICY_YAML)
+    return policy.workflow, policy, _parse_policy_cached(policy.document)
 
 
-@transaction.atomic
+def _replay(actor: Agent, idempotency_key: str, request_hash: str) -> SubmitResult | None:
+    existing = Proposal.objects.filter(agent=actor, idempotency_key=idempotency_key).first()
+    if existing is None:
+        return None
+    if existing.request_hash != request_hash:
+        raise IdempotencyConflict("Idempotency-Key was already used with a different request body")
+    return SubmitResult(existing, replayed=True)
+
+
 def proposal_submit(
     *,
     actor: Agent,
@@ -187,26 +199,68 @@ def proposal_submit(
     tokens: int = 0,
     cost: Decimal = Decimal("0"),
 ) -> SubmitResult:
-    """Ingest a proposal and let the gateway decide. Replays on a repeated key."""
-    request_hash = canonical_hash({
+    """Ingest a proposal and let the gateway decide. Replays on a repeated key.
+
+    Exactly one proposal per (agent, key) comes from the unique constraint, not a lock:
+    two identical requests racing both pass the lookup, the second's INSERT waits for
+    the first to commit and then fails, its whole transaction (budget claim included)
+    rolls back, and it replays the first (or gets the 422 for a different body). The
+    common case pays no lock round trip.
+    """
+    fields: dict[str, Any] = {
+        "run": run, "tool_name": tool_name, "arguments": arguments, "draft_text": draft_text,
+        "rationale": rationale, "model_name": model_name, "agent_version": agent_version,
+        "tokens": tokens, "cost": cost,
+    }
+    try:
+        return _proposal_submit(actor=actor, idempotency_key=idempotency_key, **fields)
+    except IntegrityError as exc:
+        if "proposal_unique_idempotency_key" not in str(exc):
+            raise
+    request_hash = _request_hash(**fields)
+    result = _replay(actor, idempotency_key, request_hash)
+    if result is None:  # pragma: no cover - the conflicting row committed before we failed
+        raise ConflictError("concurrent request with the same Idempotency-Key; retry")
+    return result
+
+
+def _request_hash(*, run: Run, tool_name: str, arguments: dict[str, Any], draft_text: str = "",
+                  rationale: str = "", model_name: str = "", agent_version: str = "",
+                  tokens: int = 0, cost: Decimal = Decimal("0")) -> str:
+    return canonical_hash({
         "run": run.pk, "tool": tool_name, "arguments": arguments, "draft_text": draft_text,
         "rationale": rationale, "model": model_name, "agent_version": agent_version,
         "tokens": tokens, "cost": str(cost),
     })
-    _lock_idempotency_key(actor, idempotency_key)
-    existing = Proposal.objects.filter(agent=actor, idempotency_key=idempotency_key).first()
-    if existing is not None:
-        if existing.request_hash != request_hash:
-            raise IdempotencyConflict(
-                "Idempotency-Key was already used with a different request body"
-            )
-        return SubmitResult(existing, replayed=True)
+
+
+@transaction.atomic
+def _proposal_submit(
+    *,
+    actor: Agent,
+    run: Run,
+    tool_name: str,
+    arguments: dict[str, Any],
+    idempotency_key: str,
+    draft_text: str = "",
+    rationale: str = "",
+    model_name: str = "",
+    agent_version: str = "",
+    tokens: int = 0,
+    cost: Decimal = Decimal("0"),
+) -> SubmitResult:
+    request_hash = _request_hash(
+        run=run, tool_name=tool_name, arguments=arguments, draft_text=draft_text,
+        rationale=rationale, model_name=model_name, agent_version=agent_version,
+        tokens=tokens, cost=cost)
+    replay = _replay(actor, idempotency_key, request_hash)
+    if replay is not None:
+        return replay
 
     if run.agent_id != actor.pk:
         raise PermissionDenied("run belongs to another agent")
-    workflow = Workflow.objects.get(pk=run.workflow_id)
+    workflow, policy, spec = _workflow_and_policy(run)
     tool = Tool.objects.filter(name=tool_name).first()
-    policy, spec = active_policy(workflow)
     switch = break_glass_get()
 
     inp = gateway.GatewayInput(
