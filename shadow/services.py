@@ -29,6 +29,7 @@ from django.utils.text import slugify
 
 from agents.audit import SYSTEM, Actor, audit_record
 from agents.models import Policy, Workflow
+from agents.permissions import is_manager
 from approvals import pii
 from approvals import services as approvals
 from approvals.models import FailureCategory, Proposal, ProposalStatus
@@ -153,6 +154,14 @@ def _may_see(actor: Actor, workflow: Workflow) -> None:
         return
     if not isinstance(actor, AbstractBaseUser) or not user_can_review(actor, workflow):
         raise PermissionDenied("you are not a reviewer of this workflow")
+
+
+def _may_curate(actor: Actor, workflow: Workflow) -> None:
+    """Datasets are curated by managers (DESIGN.md: who uses it); reviewers label by
+    reviewing and may export what exists."""
+    _may_see(actor, workflow)
+    if actor is not SYSTEM and not is_manager(actor):
+        raise PermissionDenied("only managers curate datasets")
 
 
 def _user(actor: Actor) -> AbstractBaseUser | None:
@@ -396,7 +405,7 @@ EXPORT_TASK = "shadow.tasks.export_dataset"
 @transaction.atomic
 def dataset_create(*, actor: Actor, workflow: Workflow, name: str,
                    description: str = "") -> Dataset:
-    _may_see(actor, workflow)
+    _may_curate(actor, workflow)
     name = (name or "").strip()
     if not name:
         raise ValidationError({"name": ["required"]})
@@ -490,7 +499,7 @@ def dataset_version_create(*, actor: Actor, dataset: Dataset,
                            filters: dict[str, Any]) -> DatasetVersion:
     """Cut a frozen version: the matching examples are copied into the version's
     membership table now, so examples labeled later never change it."""
-    _may_see(actor, dataset.workflow)
+    _may_curate(actor, dataset.workflow)
     filters = clean_version_filters(filters)
     # The dataset row lock serialises version numbering.
     locked = Dataset.objects.select_for_update().get(pk=dataset.pk)

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from agents.models import Tool, Workflow
 from approvals.models import FailureCategory
-from approvals.selectors import workflows_for_user
+from approvals.selectors import is_manager, workflows_for_user
 from shadow import selectors, services
 from shadow.models import (
     Dataset,
@@ -143,6 +143,7 @@ def _datasets_page(request: HttpRequest, *, errors: dict | None = None,
         "datasets": selectors.datasets_for_user(request.user),
         "workflows": workflows_for_user(request.user),
         "errors": errors or {}, "values": values or {},
+        "is_manager": is_manager(request.user),
     }, status=status)
 
 
@@ -181,6 +182,7 @@ def _dataset_page(request: HttpRequest, dataset: Dataset, *, errors: dict | None
         "dataset": dataset, "versions": versions, "errors": errors or {},
         "values": values or {}, "sources": ExampleSource.choices,
         "categories": FailureCategory.choices, "formats": ExportFormat.choices,
+        "is_manager": is_manager(request.user),
     }, status=status)
 
 

@@ -34,58 +34,58 @@ def _export_dir(settings, tmp_path: Path) -> Path:  # type: ignore[no-untyped-de
 
 
 @pytest.fixture
-def dataset(reviewer, workflow) -> Dataset:  # type: ignore[no-untyped-def]
-    return services.dataset_create(actor=reviewer, workflow=workflow, name="triage evals")
+def dataset(manager, workflow) -> Dataset:  # type: ignore[no-untyped-def]
+    return services.dataset_create(actor=manager, workflow=workflow, name="triage evals")
 
 
-def labeled_mix(reviewer, agent, workflow) -> dict[str, LabeledExample]:  # type: ignore[no-untyped-def]
+def labeled_mix(manager, agent, workflow) -> dict[str, LabeledExample]:  # type: ignore[no-untyped-def]
     """One example of each source: approval, edit, rejection (level 2) and shadow."""
     approved = submit(open_run(agent, workflow, "T-1"), rationale="mail anna@example.com")
-    review_approve(actor=reviewer, proposal=approved, expected_version=approved.version)
+    review_approve(actor=manager, proposal=approved, expected_version=approved.version)
     edited = submit(open_run(agent, workflow, "T-2"))
-    review_approve(actor=reviewer, proposal=edited, expected_version=edited.version,
+    review_approve(actor=manager, proposal=edited, expected_version=edited.version,
                    edited_arguments={"project": "SUP", "summary": "Call +49 30 1234567"},
                    failure_category="wrong_params")
     rejected = submit(open_run(agent, workflow, "T-3"))
-    review_reject(actor=reviewer, proposal=rejected, expected_version=rejected.version,
+    review_reject(actor=manager, proposal=rejected, expected_version=rejected.version,
                   reason_code="tone", note="too curt")
     workflow.autonomy_level = 0
     workflow.save(update_fields=["autonomy_level"])
     shadowed = shadow_proposal(agent, workflow, case_ref="T-4")
-    services.outcome_record(actor=reviewer, workflow=workflow, case_ref="T-4",
+    services.outcome_record(actor=manager, workflow=workflow, case_ref="T-4",
                             tool_name="jira.create_ticket",
                             arguments={"project": "SUP", "summary": "Printer on fire"})
     return {e.source: e for e in LabeledExample.objects.filter(
         proposal__in=[approved, edited, rejected, shadowed])}
 
 
-def run_export(reviewer, version, fmt: str, **kwargs) -> ExportJob:  # type: ignore[no-untyped-def]
-    job = services.export_start(actor=reviewer, version=version, format=fmt, enqueue=False)
+def run_export(manager, version, fmt: str, **kwargs) -> ExportJob:  # type: ignore[no-untyped-def]
+    job = services.export_start(actor=manager, version=version, format=fmt, enqueue=False)
     return services.export_run(job_id=job.pk, **kwargs)
 
 
 def test_a_version_is_frozen_and_later_examples_do_not_change_it(
-    reviewer, agent, workflow, dataset
+    manager, agent, workflow, dataset
 ) -> None:
-    labeled_mix(reviewer, agent, workflow)
-    v1 = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
+    labeled_mix(manager, agent, workflow)
+    v1 = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
     assert (v1.number, v1.example_count, v1.examples.count()) == (1, 4, 4)
     shadow_proposal(agent, workflow, case_ref="T-9")
-    services.outcome_record(actor=reviewer, workflow=workflow, case_ref="T-9",
+    services.outcome_record(actor=manager, workflow=workflow, case_ref="T-9",
                             tool_name="confluence.search")
     v1.refresh_from_db()
     assert v1.examples.count() == 4 and v1.example_count == 4
-    v2 = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
+    v2 = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
     assert (v2.number, v2.example_count) == (2, 5)
-    job = run_export(reviewer, v1, "jsonl")
+    job = run_export(manager, v1, "jsonl")
     assert len(Path(job.file_path).read_text().splitlines()) == 4
     assert AuditEvent.objects.filter(action="dataset.version_create").count() == 2
 
 
-def test_version_filters_select_examples(reviewer, agent, workflow, dataset) -> None:
-    labeled_mix(reviewer, agent, workflow)
+def test_version_filters_select_examples(manager, agent, workflow, dataset) -> None:
+    labeled_mix(manager, agent, workflow)
     cut = lambda **f: services.dataset_version_create(  # noqa: E731
-        actor=reviewer, dataset=dataset, filters=f).example_count
+        actor=manager, dataset=dataset, filters=f).example_count
     assert cut(source="shadow") == 1
     assert cut(is_good="false") == 2
     assert cut(is_good="true") == 2
@@ -103,23 +103,23 @@ def test_version_filters_select_examples(reviewer, agent, workflow, dataset) -> 
     ({"failure_category": "x"}, "failure_category"), ({"date_from": "yesterday"}, "date_from"),
     ({"date_from": "2026-02-01", "date_to": "2026-01-01"}, "date_to"),
 ])
-def test_bad_filters_name_the_field_and_cut_nothing(reviewer, dataset, filters: dict,
+def test_bad_filters_name_the_field_and_cut_nothing(manager, dataset, filters: dict,
                                                     field: str) -> None:
     with pytest.raises(ValidationError) as exc:
-        services.dataset_version_create(actor=reviewer, dataset=dataset, filters=filters)
+        services.dataset_version_create(actor=manager, dataset=dataset, filters=filters)
     assert field in exc.value.message_dict and not dataset.versions.exists()
 
 
-def test_dataset_names_are_unique_per_workflow(reviewer, workflow, dataset) -> None:
+def test_dataset_names_are_unique_per_workflow(manager, workflow, dataset) -> None:
     with pytest.raises(ValidationError) as exc:
-        services.dataset_create(actor=reviewer, workflow=workflow, name="triage evals")
+        services.dataset_create(actor=manager, workflow=workflow, name="triage evals")
     assert "name" in exc.value.message_dict
 
 
-def test_jsonl_export_parses_back_and_redacts_pii(reviewer, agent, workflow, dataset) -> None:
-    labeled_mix(reviewer, agent, workflow)
-    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
-    job = run_export(reviewer, version, "jsonl")
+def test_jsonl_export_parses_back_and_redacts_pii(manager, agent, workflow, dataset) -> None:
+    labeled_mix(manager, agent, workflow)
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
+    job = run_export(manager, version, "jsonl")
     assert job.status == "done" and job.rows_done == job.rows_total == 4
     rows = [json.loads(line) for line in Path(job.file_path).read_text().splitlines()]
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
@@ -132,21 +132,21 @@ def test_jsonl_export_parses_back_and_redacts_pii(reviewer, agent, workflow, dat
     assert "anna@example.com" not in Path(job.file_path).read_text()
 
 
-def test_pii_is_kept_when_the_policy_does_not_redact(reviewer, agent, workflow,
+def test_pii_is_kept_when_the_policy_does_not_redact(manager, agent, workflow,
                                                      dataset) -> None:
     publish(workflow, DEFAULT_POLICY_YAML.replace("pii_redaction: true", "pii_redaction: false"))
     p = submit(open_run(agent, workflow, "T-1"), rationale="mail anna@example.com")
-    review_approve(actor=reviewer, proposal=p, expected_version=p.version)
-    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
-    text = Path(run_export(reviewer, version, "jsonl").file_path).read_text()
+    review_approve(actor=manager, proposal=p, expected_version=p.version)
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
+    text = Path(run_export(manager, version, "jsonl").file_path).read_text()
     assert "anna@example.com" in text
 
 
-def test_csv_export_parses_back(reviewer, agent, workflow, dataset) -> None:
-    labeled_mix(reviewer, agent, workflow)
+def test_csv_export_parses_back(manager, agent, workflow, dataset) -> None:
+    labeled_mix(manager, agent, workflow)
     Proposal.objects.filter(run__case_ref="T-3").update(review_note='quote " and, comma\nline')
-    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
-    job = run_export(reviewer, version, "csv")
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
+    job = run_export(manager, version, "csv")
     with Path(job.file_path).open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and list(rows[0]) == services.CSV_HEADER
@@ -158,11 +158,11 @@ def test_csv_export_parses_back(reviewer, agent, workflow, dataset) -> None:
 
 
 def test_openai_export_has_chat_messages_for_examples_with_a_human_output(
-    reviewer, agent, workflow, dataset
+    manager, agent, workflow, dataset
 ) -> None:
-    labeled_mix(reviewer, agent, workflow)
-    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
-    job = run_export(reviewer, version, "openai")
+    labeled_mix(manager, agent, workflow)
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
+    job = run_export(manager, version, "openai")
     lines = [json.loads(line) for line in Path(job.file_path).read_text().splitlines()]
     assert len(lines) == 3 == job.rows_total == job.rows_done  # the rejection has none
     for line in lines:
@@ -180,10 +180,10 @@ def test_text_only_human_output_is_the_assistant_text() -> None:
                                         "text": "Hello"}) == "Hello"
 
 
-def test_progress_is_updated_every_batch(reviewer, agent, workflow, dataset) -> None:
-    labeled_mix(reviewer, agent, workflow)
-    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
-    job = services.export_start(actor=reviewer, version=version, format="jsonl",
+def test_progress_is_updated_every_batch(manager, agent, workflow, dataset) -> None:
+    labeled_mix(manager, agent, workflow)
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
+    job = services.export_start(actor=manager, version=version, format="jsonl",
                                 enqueue=False)
     seen = []
 
@@ -200,40 +200,40 @@ def test_progress_is_updated_every_batch(reviewer, agent, workflow, dataset) -> 
         AuditEvent.objects.values_list("action", flat=True))
 
 
-def test_an_export_runs_once_even_if_redelivered(reviewer, agent, workflow, dataset) -> None:
-    labeled_mix(reviewer, agent, workflow)
-    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
-    job = run_export(reviewer, version, "jsonl")
+def test_an_export_runs_once_even_if_redelivered(manager, agent, workflow, dataset) -> None:
+    labeled_mix(manager, agent, workflow)
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
+    job = run_export(manager, version, "jsonl")
     again = services.export_run(job_id=job.pk)
     assert again.status == "done" and AuditEvent.objects.filter(action="export.run").count() == 1
 
 
-def test_export_start_enqueues_after_commit(reviewer, dataset, monkeypatch,
+def test_export_start_enqueues_after_commit(manager, dataset, monkeypatch,
                                            django_capture_on_commit_callbacks) -> None:
-    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
     sent = []
     monkeypatch.setattr(services, "_publish_export", sent.append)
     with django_capture_on_commit_callbacks(execute=True):
-        job = services.export_start(actor=reviewer, version=version, format="csv")
+        job = services.export_start(actor=manager, version=version, format="csv")
         assert sent == []
     assert sent == [job.pk] and job.status == "queued"
     with pytest.raises(ValidationError):
-        services.export_start(actor=reviewer, version=version, format="xml")
+        services.export_start(actor=manager, version=version, format="xml")
 
 
-def test_export_task_is_thin(reviewer, agent, workflow, dataset) -> None:
+def test_export_task_is_thin(manager, agent, workflow, dataset) -> None:
     from shadow.tasks import export_dataset
 
-    labeled_mix(reviewer, agent, workflow)
-    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
-    job = services.export_start(actor=reviewer, version=version, format="csv", enqueue=False)
+    labeled_mix(manager, agent, workflow)
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
+    job = services.export_start(actor=manager, version=version, format="csv", enqueue=False)
     assert export_dataset.run(job.pk) == "done"
 
 
-def test_export_dataset_command_uses_the_service(reviewer, agent, workflow, dataset,
+def test_export_dataset_command_uses_the_service(manager, agent, workflow, dataset,
                                                  tmp_path: Path, capsys) -> None:
-    labeled_mix(reviewer, agent, workflow)
-    services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
+    labeled_mix(manager, agent, workflow)
+    services.dataset_version_create(actor=manager, dataset=dataset, filters={})
     out = tmp_path / "out.jsonl"
     call_command("export_dataset", "triage evals", "1", "--format", "openai", "--out", str(out))
     assert len(out.read_text().splitlines()) == 3
@@ -261,55 +261,55 @@ def _bulk_examples(proposal: Proposal, n: int, agent_version: str) -> None:
                          "arguments": {"project": "SUP", "summary": "Printer on fire"}}), n])
 
 
-def _peak(reviewer, version, fmt: str) -> int:  # type: ignore[no-untyped-def]
+def _peak(manager, version, fmt: str) -> int:  # type: ignore[no-untyped-def]
     gc.collect()
     tracemalloc.start()
     try:
-        run_export(reviewer, version, fmt)
+        run_export(manager, version, fmt)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
 
-def test_export_memory_is_flat_in_the_number_of_rows(reviewer, agent, workflow,
+def test_export_memory_is_flat_in_the_number_of_rows(manager, agent, workflow,
                                                      dataset) -> None:
     # Redaction costs time, not memory: leave it out to keep the test quick.
     publish(workflow, DEFAULT_POLICY_YAML.replace("pii_redaction: true", "pii_redaction: false"))
     proposal = submit(open_run(agent, workflow))
     _bulk_examples(proposal, 2_000, "small")
     _bulk_examples(proposal, 20_000, "big")
-    small = services.dataset_version_create(actor=reviewer, dataset=dataset,
+    small = services.dataset_version_create(actor=manager, dataset=dataset,
                                             filters={"agent_version": "small"})
-    big = services.dataset_version_create(actor=reviewer, dataset=dataset,
+    big = services.dataset_version_create(actor=manager, dataset=dataset,
                                           filters={"agent_version": "big"})
     assert (small.example_count, big.example_count) == (2_000, 20_000)
-    run_export(reviewer, small, "jsonl")  # warm-up: imports, caches
-    small_peak = _peak(reviewer, small, "jsonl")
-    big_peak = _peak(reviewer, big, "jsonl")
+    run_export(manager, small, "jsonl")  # warm-up: imports, caches
+    small_peak = _peak(manager, small, "jsonl")
+    big_peak = _peak(manager, big, "jsonl")
     print(f"export peak: 2k {small_peak} B, 20k {big_peak} B")
     assert big_peak <= 1.5 * small_peak, (small_peak, big_peak)
     assert ExportJob.objects.filter(version=big).get().rows_done == 20_000
     assert SYSTEM  # the exporter audits as the system actor
 
 
-def test_csv_cells_that_look_like_formulas_are_neutralised(reviewer, agent, workflow,
+def test_csv_cells_that_look_like_formulas_are_neutralised(manager, agent, workflow,
                                                           dataset) -> None:
     p = submit(open_run(agent, workflow), agent_version="=HYPERLINK(\"http://x\")")
-    review_approve(actor=reviewer, proposal=p, expected_version=p.version)
-    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
-    job = run_export(reviewer, version, "csv")
+    review_approve(actor=manager, proposal=p, expected_version=p.version)
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
+    job = run_export(manager, version, "csv")
     with Path(job.file_path).open(newline="", encoding="utf-8") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["agent_version"] == "'=HYPERLINK(\"http://x\")"
 
 
-def test_a_failed_export_is_recorded_and_leaves_no_file(reviewer, agent, workflow, dataset,
+def test_a_failed_export_is_recorded_and_leaves_no_file(manager, agent, workflow, dataset,
                                                         tmp_path: Path) -> None:
-    labeled_mix(reviewer, agent, workflow)
-    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
+    labeled_mix(manager, agent, workflow)
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    job = services.export_start(actor=reviewer, version=version, format="jsonl",
+    job = services.export_start(actor=manager, version=version, format="jsonl",
                                 enqueue=False)
     with pytest.raises(OSError):
         services.export_run(job_id=job.pk, out_path=blocker / "out.jsonl")
@@ -318,12 +318,12 @@ def test_a_failed_export_is_recorded_and_leaves_no_file(reviewer, agent, workflo
     assert AuditEvent.objects.filter(action="export.failed").count() == 1
 
 
-def test_a_write_error_mid_export_removes_the_partial_file(reviewer, agent, workflow,
+def test_a_write_error_mid_export_removes_the_partial_file(manager, agent, workflow,
                                                           dataset, monkeypatch,
                                                           tmp_path: Path) -> None:
-    labeled_mix(reviewer, agent, workflow)
-    version = services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
-    job = services.export_start(actor=reviewer, version=version, format="jsonl",
+    labeled_mix(manager, agent, workflow)
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
+    job = services.export_start(actor=manager, version=version, format="jsonl",
                                 enqueue=False)
 
     def boom(done: int, total: int) -> None:
@@ -335,3 +335,14 @@ def test_a_write_error_mid_export_removes_the_partial_file(reviewer, agent, work
     job.refresh_from_db()
     assert (job.status, job.rows_done) == ("failed", 2) and "disk full" in job.error
     assert not out.exists() and not out.with_name("out.jsonl.part").exists()
+
+
+def test_only_managers_curate_datasets(reviewer, manager, workflow) -> None:  # type: ignore[no-untyped-def]
+    from django.core.exceptions import PermissionDenied
+
+    with pytest.raises(PermissionDenied):
+        services.dataset_create(actor=reviewer, workflow=workflow, name="mine")
+    dataset = services.dataset_create(actor=manager, workflow=workflow, name="ours")
+    with pytest.raises(PermissionDenied):
+        services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
+    assert not dataset.versions.exists()

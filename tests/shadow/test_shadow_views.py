@@ -51,9 +51,9 @@ def compared(reviewer, agent, shadow_workflow):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def version(reviewer, compared, shadow_workflow) -> DatasetVersion:  # type: ignore[no-untyped-def]
-    dataset = services.dataset_create(actor=reviewer, workflow=shadow_workflow, name="evals")
-    return services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
+def version(manager, compared, shadow_workflow) -> DatasetVersion:  # type: ignore[no-untyped-def]
+    dataset = services.dataset_create(actor=manager, workflow=shadow_workflow, name="evals")
+    return services.dataset_version_create(actor=manager, dataset=dataset, filters={})
 
 
 PAGES = ["/shadow/", "/shadow/support-triage/", "/shadow/support-triage/outcomes/new/",
@@ -150,29 +150,38 @@ def test_csv_upload_bad_row_is_400_with_row_and_column(as_reviewer: Client,
     assert as_reviewer.post("/shadow/support-triage/outcomes/upload/").status_code == 400
 
 
-def test_dataset_pages_create_cut_and_export(as_reviewer: Client, compared,
+def test_dataset_pages_create_cut_and_export(client: Client, manager, compared,
                                              monkeypatch) -> None:
+    client.force_login(manager)
+    as_manager = client
     monkeypatch.setattr(services, "_publish_export", lambda job_id: None)
-    response = as_reviewer.post("/datasets/new/", {"workflow": "support-triage",
+    response = as_manager.post("/datasets/new/", {"workflow": "support-triage",
                                                    "name": "shadow evals"})
     dataset = Dataset.objects.get(name="shadow evals")
     assert response.status_code == 302
-    assert as_reviewer.post(f"/datasets/{dataset.pk}/versions/",
+    assert as_manager.post(f"/datasets/{dataset.pk}/versions/",
                             {"source": "bogus"}).status_code == 400
-    assert as_reviewer.post(f"/datasets/{dataset.pk}/versions/",
+    assert as_manager.post(f"/datasets/{dataset.pk}/versions/",
                             {"source": "shadow", "is_good": ""}).status_code == 302
     version = dataset.versions.get()
     assert version.example_count == 1
-    page = as_reviewer.get(f"/datasets/{dataset.pk}/").content.decode()
+    page = as_manager.get(f"/datasets/{dataset.pk}/").content.decode()
     assert "v1 · 1 examples" in page
-    response = as_reviewer.post(f"/datasets/versions/{version.pk}/export/",
+    response = as_manager.post(f"/datasets/versions/{version.pk}/export/",
                                 {"format": "jsonl"}, HTTP_HX_REQUEST="true")
     job = ExportJob.objects.get()
     body = response.content.decode()
     assert response.status_code == 200 and 'hx-trigger="every 1s"' in body
     assert f'hx-get="/exports/{job.pk}/progress/"' in body and "<progress" in body
-    assert as_reviewer.post(f"/datasets/versions/{version.pk}/export/",
+    assert as_manager.post(f"/datasets/versions/{version.pk}/export/",
                             {"format": "xml"}).status_code == 400
+
+
+def test_reviewers_may_not_create_datasets(as_reviewer: Client, compared) -> None:
+    response = as_reviewer.post("/datasets/new/", {"workflow": "support-triage",
+                                                   "name": "not mine"})
+    assert response.status_code == 403
+    assert not Dataset.objects.filter(name="not mine").exists()
 
 
 def test_progress_partial_stops_polling_when_done_and_download_streams(
