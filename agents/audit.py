@@ -93,10 +93,14 @@ def audit_record(
         object_id = object_id or str(obj.pk)
     actor_type, actor_id, actor_name = actor_fields(actor)
     if connection.vendor == "postgresql":
-        # Serialise chain appends: two writers reading the same tail would fork it.
+        # Serialise chain appends: two writers reading the same tail would fork it. The
+        # function (migration 0004) takes the lock and then reads the tail with a fresh
+        # snapshot, in one round trip.
         with connection.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
-    last = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
+            cur.execute("SELECT gatehouse_audit_chain_tail(%s)", [_CHAIN_LOCK_KEY])
+            last = cur.fetchone()[0]
+    else:
+        last = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
     event = AuditEvent(
         actor_type=actor_type,
         actor_id=actor_id,

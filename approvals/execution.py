@@ -53,12 +53,16 @@ def _switch_for_share() -> BreakGlass:
     finishes before the switch commits or waits and then sees the new state: once the
     switch has committed, no execution starts.
     """
-    break_glass_get()
-    if connection.vendor == "postgresql":
-        return BreakGlass.objects.raw(
-            f"SELECT * FROM {BreakGlass._meta.db_table} WHERE id = 1 FOR SHARE"
-        )[0]
-    return BreakGlass.objects.get(pk=1)
+    if connection.vendor != "postgresql":
+        return break_glass_get()
+    # One round trip: the row exists after the first break_glass_get() ever; only a
+    # brand-new database creates it here, then locks it.
+    query = f"SELECT * FROM {BreakGlass._meta.db_table} WHERE id = 1 FOR SHARE"
+    rows = list(BreakGlass.objects.raw(query))
+    if not rows:
+        break_glass_get()
+        rows = list(BreakGlass.objects.raw(query))
+    return rows[0]
 
 
 def _blocked_by(switch: BreakGlass, workflow: Workflow, tool: Tool) -> str:
@@ -91,8 +95,9 @@ def execution_claim(*, execution_id: int) -> Claim | None:
     if execution.next_attempt_at and execution.next_attempt_at > now:
         return None  # a retry is scheduled; its own message will come
     proposal: Proposal = execution.proposal
-    tool = Tool.objects.get(pk=proposal.tool_id)
-    workflow = Workflow.objects.get(pk=proposal.workflow_id)
+    # Read by the locking query's join, in the same statement: as fresh as a re-read.
+    tool: Tool = proposal.tool
+    workflow: Workflow = proposal.workflow
 
     blocked = _blocked_by(_switch_for_share(), workflow, tool)
     if not blocked and tool.breaker_state == BreakerState.OPEN:
@@ -138,31 +143,36 @@ def execution_finish(
     transient: bool = False,
 ) -> Execution | None:
     """Record the outcome of a claimed attempt; schedule a retry or trip the breaker."""
-    execution = Execution.objects.select_for_update().filter(pk=claim.execution_id).first()
+    execution = (Execution.objects.select_for_update(of=("self",))
+                 .select_related("proposal__agent").filter(pk=claim.execution_id).first())
     if (execution is None or execution.status != ExecutionStatus.RUNNING
             or execution.attempts != claim.attempt):
         return None  # a newer attempt owns the row
     now = timezone.now()
+    changes: dict[str, Any]
     if not error:
-        Execution.objects.filter(pk=execution.pk).update(
-            status=ExecutionStatus.SUCCEEDED, result=result, error="", finished_at=now
-        )
-        Tool.objects.filter(pk=claim.tool.pk).exclude(consecutive_failures=0).update(
-            consecutive_failures=0
-        )
-        Tool.objects.filter(pk=claim.tool.pk, breaker_state=BreakerState.OPEN).update(
-            breaker_state=BreakerState.CLOSED, breaker_opened_at=None
-        )
+        changes = {"status": ExecutionStatus.SUCCEEDED, "result": result, "error": "",
+                   "finished_at": now}
+        # A success resets the failure count and closes an open breaker: one UPDATE,
+        # and none at all (the common case) when there is nothing to reset.
+        Tool.objects.filter(
+            Q(pk=claim.tool.pk) & (~Q(consecutive_failures=0)
+                                   | Q(breaker_state=BreakerState.OPEN))
+        ).update(consecutive_failures=0, breaker_state=BreakerState.CLOSED,
+                 breaker_opened_at=None)
         to_state = ExecutionStatus.SUCCEEDED
     else:
         retry = transient and claim.attempt <= settings.GATEHOUSE_EXECUTION_MAX_RETRIES
         to_state = ExecutionStatus.QUEUED if retry else ExecutionStatus.FAILED
         delay = _backoff(claim.attempt)
-        Execution.objects.filter(pk=execution.pk).update(
-            status=to_state, error=error[:5000],
-            next_attempt_at=now + timedelta(seconds=delay) if retry else None,
-            finished_at=None if retry else now,
-        )
+        changes = {"status": to_state, "error": error[:5000],
+                   "next_attempt_at": now + timedelta(seconds=delay) if retry else None,
+                   "finished_at": None if retry else now}
+    Execution.objects.filter(pk=execution.pk).update(**changes)
+    # The row is locked: what we wrote is what it holds (no refresh round trip).
+    for name, value in changes.items():
+        setattr(execution, name, value)
+    if error:
         if retry:
             transaction.on_commit(
                 lambda: dispatch.publish_execution(execution.pk, countdown=delay)
@@ -171,10 +181,8 @@ def execution_finish(
     audit_record(actor=SYSTEM, action="execution.finish", obj=execution,
                  from_state=ExecutionStatus.RUNNING, to_state=to_state,
                  reason=error[:500], data={"attempt": claim.attempt})
-    execution.refresh_from_db()
     if to_state != ExecutionStatus.QUEUED:
-        proposal = Proposal.objects.select_related("agent").get(pk=execution.proposal_id)
-        proposal_notify(proposal, "execution.finished",
+        proposal_notify(execution.proposal, "execution.finished",
                 {"execution_status": to_state, "result": result, "error": error[:500]})
     return execution
 
