@@ -167,6 +167,11 @@ class ExportJob(models.Model):
     rows_total = models.PositiveIntegerField(default=0)
     file_path = models.CharField(max_length=500, blank=True)
     error = models.TextField(blank=True)
+    # Each claim bumps attempt; a worker whose attempt is no longer current stops.
+    attempt = models.PositiveIntegerField(default=0)
+    # Touched on every progress batch: a RUNNING job that stops beating has lost its
+    # worker and is requeued by shadow.services.exports_recover.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -672,6 +672,10 @@ def _export_path(job: ExportJob) -> Path:
             / f"{job.pk}-{slugify(dataset.name) or 'dataset'}-v{job.version.number}.{ext}")
 
 
+class ExportSuperseded(Exception):
+    """This worker's attempt was requeued (it stopped beating); another owns the job."""
+
+
 def _finish(job: ExportJob, *, status: str, path: str = "", error: str = "",
             rows_done: int | None = None) -> None:
     with transaction.atomic():
@@ -681,7 +685,10 @@ def _finish(job: ExportJob, *, status: str, path: str = "", error: str = "",
             fields["file_path"] = path
         if rows_done is not None:
             fields["rows_done"] = rows_done
-        ExportJob.objects.filter(pk=job.pk, status=ExportStatus.RUNNING).update(**fields)
+        updated = ExportJob.objects.filter(pk=job.pk, status=ExportStatus.RUNNING,
+                                           attempt=job.attempt).update(**fields)
+        if updated != 1:
+            raise ExportSuperseded(f"export {job.pk} attempt {job.attempt} was superseded")
         audit_record(actor=SYSTEM, action=f"export.{status}", obj=job,
                      from_state=ExportStatus.RUNNING, to_state=status, reason=error[:500],
                      data={"rows": rows_done, "file": path})
@@ -699,7 +706,7 @@ def _write_export(job: ExportJob, path: Path, *, batch_size: int,
              if openai else version.example_count)
     ExportJob.objects.filter(pk=job.pk).update(rows_total=total)
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
+    part = path.with_name(f"{path.name}.part{job.attempt}")
     pii_flags = _pii_flags(workflow.pk)
     system_prompt = (f"You are the agent for the Gatehouse workflow {workflow.name!r}. "
                      "Reply with the one action to take: a JSON object with tool and "
@@ -724,8 +731,11 @@ def _write_export(job: ExportJob, path: Path, *, batch_size: int,
                         fh.write(_json_line(record))
                 done += len(batch)
                 del batch, row  # see iter_version_batches: one batch alive at a time
-                with transaction.atomic():
-                    ExportJob.objects.filter(pk=job.pk).update(rows_done=done)
+                beat = ExportJob.objects.filter(
+                    pk=job.pk, status=ExportStatus.RUNNING, attempt=job.attempt
+                ).update(rows_done=done, heartbeat_at=timezone.now())
+                if beat != 1:
+                    raise ExportSuperseded(f"export {job.pk} attempt {job.attempt} superseded")
                 if on_progress is not None:
                     on_progress(done, total)
         os.replace(part, path)
@@ -741,7 +751,8 @@ def export_run(*, job_id: int, out_path: Path | None = None, batch_size: int = E
     progress update and the finish are separate short transactions."""
     with transaction.atomic():
         claimed = ExportJob.objects.filter(pk=job_id, status=ExportStatus.QUEUED).update(
-            status=ExportStatus.RUNNING, rows_done=0)
+            status=ExportStatus.RUNNING, rows_done=0, attempt=F("attempt") + 1,
+            heartbeat_at=timezone.now())
         job = ExportJob.objects.select_related("version__dataset__workflow").get(pk=job_id)
         if claimed != 1:
             # Redelivered or already started: never run one export twice.
@@ -750,13 +761,54 @@ def export_run(*, job_id: int, out_path: Path | None = None, batch_size: int = E
                      to_state=ExportStatus.RUNNING)
     path = Path(out_path) if out_path else _export_path(job)
     try:
-        done = _write_export(job, path, batch_size=batch_size, on_progress=on_progress)
-    except Exception as exc:
-        # Recorded, so the page stops polling and shows why; then re-raised for the task.
-        _finish(job, status=ExportStatus.FAILED, error=f"{type(exc).__name__}: {exc}",
-                rows_done=ExportJob.objects.filter(pk=job.pk).values_list(
-                    "rows_done", flat=True).first())
-        raise
-    _finish(job, status=ExportStatus.DONE, path=str(path), rows_done=done)
+        try:
+            done = _write_export(job, path, batch_size=batch_size, on_progress=on_progress)
+        except ExportSuperseded:
+            raise
+        except Exception as exc:
+            # Recorded, so the page stops polling and shows why; then re-raised for the task.
+            _finish(job, status=ExportStatus.FAILED, error=f"{type(exc).__name__}: {exc}",
+                    rows_done=ExportJob.objects.filter(pk=job.pk).values_list(
+                        "rows_done", flat=True).first())
+            raise
+        _finish(job, status=ExportStatus.DONE, path=str(path), rows_done=done)
+    except ExportSuperseded:
+        log.warning("export %s attempt %s was requeued; this worker stops", job.pk, job.attempt)
     job.refresh_from_db()
     return job
+
+
+def exports_recover(*, queued_grace_s: int = 60, stale_after_s: int = 600) -> int:
+    """Beat body: nothing is lost when the broker or a worker is.
+
+    A job still QUEUED after the grace (its publish may never have reached the broker)
+    is published again: a duplicate message finds it claimed and does nothing. A
+    RUNNING job whose heartbeat stopped (its worker died) goes back to QUEUED, audited,
+    and is published again; the dead attempt, should it wake, sees it was superseded.
+    """
+    now = timezone.now()
+    queued = list(ExportJob.objects.filter(
+        status=ExportStatus.QUEUED, created_at__lt=now - timedelta(seconds=queued_grace_s)
+    ).values_list("pk", flat=True)[:100])
+    stale = list(ExportJob.objects.filter(
+        status=ExportStatus.RUNNING, heartbeat_at__lt=now - timedelta(seconds=stale_after_s)
+    ).values_list("pk", "attempt")[:100])
+    for pk, attempt in stale:
+        if export_requeue(job_id=pk, attempt=attempt):
+            queued.append(pk)
+    for pk in queued:
+        _publish_export(pk)
+    return len(queued)
+
+
+@transaction.atomic
+def export_requeue(*, job_id: int, attempt: int) -> bool:
+    requeued = ExportJob.objects.filter(pk=job_id, status=ExportStatus.RUNNING,
+                                        attempt=attempt).update(
+        status=ExportStatus.QUEUED, rows_done=0)
+    if requeued == 1:
+        audit_record(actor=SYSTEM, action="export.requeue", object_type="shadow.exportjob",
+                     object_id=str(job_id), from_state=ExportStatus.RUNNING,
+                     to_state=ExportStatus.QUEUED, reason="worker stopped beating",
+                     data={"attempt": attempt})
+    return requeued == 1

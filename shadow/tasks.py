@@ -15,3 +15,8 @@ def export_dataset(job_id: int) -> str:
 @shared_task(name="shadow.tasks.match_pending")
 def match_pending() -> int:
     return services.shadow_match_pending()
+
+
+@shared_task(name="shadow.tasks.recover_exports")
+def recover_exports() -> int:
+    return services.exports_recover()

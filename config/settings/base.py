@@ -238,6 +238,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "approvals.tasks.sweep_webhooks",
         "schedule": timedelta(seconds=env_int("GATEHOUSE_WEBHOOK_SWEEP_SECONDS", 60, minimum=1)),
     },
+    "shadow-recover-exports": {
+        "task": "shadow.tasks.recover_exports",
+        "schedule": timedelta(seconds=60),
+    },
     "shadow-match-pending": {
         "task": "shadow.tasks.match_pending",
         "schedule": timedelta(seconds=env_int("GATEHOUSE_SHADOW_MATCH_SECONDS", 60, minimum=1)),

@@ -9,5 +9,6 @@ def test_every_beat_entry_names_a_registered_task() -> None:
     app.loader.import_default_modules()
     names = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert {"approvals.tasks.expire_overdue", "approvals.tasks.sweep_executions",
-            "approvals.tasks.sweep_webhooks", "shadow.tasks.match_pending"} <= names
+            "approvals.tasks.sweep_webhooks", "shadow.tasks.match_pending",
+            "shadow.tasks.recover_exports"} <= names
     assert names <= set(app.tasks)

@@ -346,3 +346,56 @@ def test_only_managers_curate_datasets(reviewer, manager, workflow) -> None:  # 
     with pytest.raises(PermissionDenied):
         services.dataset_version_create(actor=reviewer, dataset=dataset, filters={})
     assert not dataset.versions.exists()
+
+
+def test_a_stale_running_export_is_requeued_and_republished(manager, agent, workflow, dataset,
+                                                            monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    published: list[int] = []
+    monkeypatch.setattr(services, "_publish_export", published.append)
+    labeled_mix(manager, agent, workflow)
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
+    job = services.export_start(actor=manager, version=version, format="jsonl", enqueue=False)
+    # A worker claimed it, then died: RUNNING, attempt 1, heartbeat long ago.
+    ExportJob.objects.filter(pk=job.pk).update(
+        status="running", attempt=1, heartbeat_at=timezone.now() - timedelta(hours=1))
+    assert services.exports_recover() == 1
+    job.refresh_from_db()
+    assert job.status == "queued" and published == [job.pk]
+    assert AuditEvent.objects.filter(action="export.requeue", object_id=str(job.pk)).exists()
+    finished = services.export_run(job_id=job.pk)
+    assert finished.status == "done" and finished.attempt == 2
+    assert len(Path(finished.file_path).read_text().splitlines()) == finished.rows_done
+
+
+def test_a_superseded_export_worker_stops_and_leaves_no_file(manager, agent, workflow, dataset,
+                                                             _export_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    labeled_mix(manager, agent, workflow)
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
+    job = services.export_start(actor=manager, version=version, format="jsonl", enqueue=False)
+
+    def requeue_midway(done: int, total: int) -> None:
+        if done == 1:  # the recoverer decides this attempt is dead
+            assert services.export_requeue(job_id=job.pk, attempt=1)
+
+    result = services.export_run(job_id=job.pk, batch_size=1, on_progress=requeue_midway)
+    assert result.status == "queued" and result.attempt == 1
+    assert not list(_export_dir.glob("*"))  # neither the file nor its .part
+
+
+def test_an_old_queued_export_is_published_again(manager, agent, workflow, dataset,
+                                                 monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    published: list[int] = []
+    monkeypatch.setattr(services, "_publish_export", published.append)
+    version = services.dataset_version_create(actor=manager, dataset=dataset, filters={})
+    job = services.export_start(actor=manager, version=version, format="csv", enqueue=False)
+    assert services.exports_recover() == 0  # still within the grace
+    ExportJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    assert services.exports_recover() == 1 and published == [job.pk]
