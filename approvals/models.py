@@ -167,6 +167,9 @@ class Execution(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["status", "published_at"])]
 
+    def __str__(self) -> str:
+        return f"execution {self.pk} ({self.status})"
+
 
 class BreakGlass(models.Model):
     """A single row (pk=1): the switch every decision and every execution re-reads."""
@@ -183,6 +186,9 @@ class BreakGlass(models.Model):
         verbose_name = "break-glass switch"
         verbose_name_plural = "break-glass switch"
 
+    def __str__(self) -> str:
+        return "read-only" if self.read_only else "normal operation"
+
 
 class WebhookDelivery(models.Model):
     """Signed notifications to the agent; retried by the worker until delivered."""
@@ -198,3 +204,6 @@ class WebhookDelivery(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"webhook {self.event} #{self.pk}"

@@ -22,8 +22,8 @@ def main() -> int:
     db = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gatehouse")
     broker = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
     ok = True
-    for name, url, port in (("PostgreSQL", db, 5432), ("Redis", broker, 6379)):
-        host, port, up = reachable(url, port)
+    for name, url, default_port in (("PostgreSQL", db, 5432), ("Redis", broker, 6379)):
+        host, port, up = reachable(url, default_port)
         if not up:
             ok = False
             print(f"{name} is not reachable at {host}:{port}. The suite runs on real "

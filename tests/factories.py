@@ -39,7 +39,7 @@ class UserFactory(factory.django.DjangoModelFactory):
     password = factory.PostGenerationMethodCall("set_password", "pw-for-tests-123")
 
     @factory.post_generation
-    def _save(obj, create: bool, extracted: object, **kwargs: object) -> None:  # noqa: N805
+    def _save(obj, create: bool, extracted: object, **kwargs: object) -> None:
         if create:
             obj.save()
 
@@ -52,7 +52,8 @@ class WorkflowFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"Workflow {n}")
     slug = factory.Sequence(lambda n: f"workflow-{n}")
     autonomy_level = AutonomyLevel.SUGGEST
-    reviewer_group = factory.LazyFunction(lambda: Group.objects.get_or_create(name="support-reviewers")[0])
+    reviewer_group = factory.LazyFunction(
+        lambda: Group.objects.get_or_create(name="support-reviewers")[0])
 
 
 class ToolFactory(factory.django.DjangoModelFactory):

@@ -11,6 +11,6 @@ os.environ.setdefault("CELERY_QUEUE", f"gatehouse-test-{os.getpid()}")
 os.environ.setdefault("GATEHOUSE_VAR_DIR", f"/tmp/gatehouse-test-{os.getpid()}")
 os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
 
-from .base import *  # noqa: E402,F403
+from .base import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

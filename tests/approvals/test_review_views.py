@@ -53,12 +53,14 @@ def test_approve_writes_execution_audit_and_example(
     client: Client, reviewer, pending: Proposal
 ) -> None:
     response = login(client, reviewer).post(
-        f"/queue/{pending.pk}/approve/", {"version": pending.version, "args_hash": pending.args_hash})
+        f"/queue/{pending.pk}/approve/",
+        {"version": pending.version, "args_hash": pending.args_hash})
     assert response.status_code == 302
     pending.refresh_from_db()
     assert pending.status == ProposalStatus.APPROVED and pending.decided_by == reviewer
     assert Execution.objects.filter(proposal=pending).count() == 1
-    assert AuditEvent.objects.filter(action="proposal.approve", object_id=str(pending.pk)).count() == 1
+    assert AuditEvent.objects.filter(action="proposal.approve",
+                                     object_id=str(pending.pk)).count() == 1
     example = LabeledExample.objects.get(proposal=pending)
     assert example.source == ExampleSource.APPROVAL and example.is_good
 
