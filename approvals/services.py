@@ -20,7 +20,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Subquery
 from django.utils import timezone
 
 from agents.audit import SYSTEM, Actor, audit_record
@@ -164,25 +164,55 @@ class SubmitResult:
     replayed: bool
 
 
-def _workflow_and_policy(run: Run) -> tuple[Workflow, Policy | None, PolicySpec]:
-    """The run's workflow, re-read (a caller's copy may predate a level change), and its
-    active policy: one query when the workflow has an active policy (ingest's hot path
-    counts round trips, bench/bench_ingest.py), two otherwise."""
-    policy = (Policy.objects.select_related("workflow")
-              .filter(workflow_id=run.workflow_id, is_active=True).first())
-    if policy is None:
-        return Workflow.objects.get(pk=run.workflow_id), None, _parse_policy_cached(
-            DEFAULT_POLICY_YAML)
-    return policy.workflow, policy, _parse_policy_cached(policy.document)
+@dataclass
+class _SubmitContext:
+    workflow: Workflow
+    policy: Policy | None
+    spec: PolicySpec
+    read_only: bool
+    disabled_categories: list[str]
+    existing: tuple[int, str] | None  # (pk, request_hash) of the key's first proposal
 
 
-def _replay(actor: Agent, idempotency_key: str, request_hash: str) -> SubmitResult | None:
-    existing = Proposal.objects.filter(agent=actor, idempotency_key=idempotency_key).first()
-    if existing is None:
-        return None
-    if existing.request_hash != request_hash:
+def _submit_context(run: Run, actor: Agent, idempotency_key: str) -> _SubmitContext:
+    """Everything ingest reads before deciding, in one query when the workflow has an
+    active policy (round trips dominate ingest, bench/bench_ingest.py): the run's
+    workflow, re-read (a caller's copy may predate a level change), its active policy,
+    the break-glass switch and a proposal already made with this key. None of these
+    reads needs a lock: the unique constraint settles racing keys (proposal_submit)."""
+    same_key = Proposal.objects.filter(agent=actor, idempotency_key=idempotency_key)
+    switch = BreakGlass.objects.filter(pk=1)
+    policy = (
+        Policy.objects.select_related("workflow")
+        .filter(workflow_id=run.workflow_id, is_active=True)
+        .annotate(
+            existing_id=Subquery(same_key.values("pk")[:1]),
+            existing_hash=Subquery(same_key.values("request_hash")[:1]),
+            bg_read_only=Subquery(switch.values("read_only")[:1]),
+            bg_disabled=Subquery(switch.values("disabled_categories")[:1]),
+        )
+        .first()
+    )
+    if policy is None or policy.bg_read_only is None:  # type: ignore[attr-defined]
+        # No active policy (or a brand-new database without the switch row): the plain reads.
+        workflow = Workflow.objects.get(pk=run.workflow_id)
+        policy, spec = active_policy(workflow)
+        bg = break_glass_get()
+        first = same_key.values_list("pk", "request_hash").first()
+        return _SubmitContext(workflow, policy, spec, bg.read_only,
+                              list(bg.disabled_categories), first)
+    existing_id = policy.existing_id  # type: ignore[attr-defined]
+    return _SubmitContext(
+        policy.workflow, policy, _parse_policy_cached(policy.document),
+        bool(policy.bg_read_only), list(policy.bg_disabled or []),  # type: ignore[attr-defined]
+        (existing_id, policy.existing_hash) if existing_id is not None else None,  # type: ignore[attr-defined]
+    )
+
+
+def _replay(existing: tuple[int, str], request_hash: str) -> SubmitResult:
+    if existing[1] != request_hash:
         raise IdempotencyConflict("Idempotency-Key was already used with a different request body")
-    return SubmitResult(existing, replayed=True)
+    return SubmitResult(Proposal.objects.get(pk=existing[0]), replayed=True)
 
 
 def proposal_submit(
@@ -217,11 +247,11 @@ def proposal_submit(
     except IntegrityError as exc:
         if "proposal_unique_idempotency_key" not in str(exc):
             raise
-    request_hash = _request_hash(**fields)
-    result = _replay(actor, idempotency_key, request_hash)
-    if result is None:  # pragma: no cover - the conflicting row committed before we failed
+    existing = (Proposal.objects.filter(agent=actor, idempotency_key=idempotency_key)
+                .values_list("pk", "request_hash").first())
+    if existing is None:  # pragma: no cover - the conflicting row committed before we failed
         raise ConflictError("concurrent request with the same Idempotency-Key; retry")
-    return result
+    return _replay(existing, _request_hash(**fields))
 
 
 def _request_hash(*, run: Run, tool_name: str, arguments: dict[str, Any], draft_text: str = "",
@@ -253,20 +283,19 @@ def _proposal_submit(
         run=run, tool_name=tool_name, arguments=arguments, draft_text=draft_text,
         rationale=rationale, model_name=model_name, agent_version=agent_version,
         tokens=tokens, cost=cost)
-    replay = _replay(actor, idempotency_key, request_hash)
-    if replay is not None:
-        return replay
+    ctx = _submit_context(run, actor, idempotency_key)
+    if ctx.existing is not None:
+        return _replay(ctx.existing, request_hash)
 
     if run.agent_id != actor.pk:
         raise PermissionDenied("run belongs to another agent")
-    workflow, policy, spec = _workflow_and_policy(run)
+    workflow, policy, spec = ctx.workflow, ctx.policy, ctx.spec
     tool = Tool.objects.filter(name=tool_name).first()
-    switch = break_glass_get()
 
     inp = gateway.GatewayInput(
         workflow=workflow, level=workflow.autonomy_level, tool_name=tool_name, tool=tool,
-        spec=spec, arguments=arguments, read_only=switch.read_only,
-        disabled_categories=list(switch.disabled_categories), budget_problem=None,
+        spec=spec, arguments=arguments, read_only=ctx.read_only,
+        disabled_categories=ctx.disabled_categories, budget_problem=None,
         has_draft=bool(draft_text.strip()),
     )
     # The gateway's order: break-glass and the allow-list first (a disallowed tool is a
