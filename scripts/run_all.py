@@ -30,8 +30,9 @@ def main() -> int:
               "-Q", env.get("CELERY_QUEUE", "gatehouse")]
     if embedded:
         # One SQLite file is shared by web, worker and beat: one worker process keeps
-        # its writers few.
-        worker += ["--concurrency=1"]
+        # its writers few. The solo pool acks as soon as a task ends; with prefork the
+        # filesystem transport's consumer sits out a 2 s drain timeout per message.
+        worker += ["--pool=solo"]
     commands = {
         "web": [python, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"],
         "worker": worker,

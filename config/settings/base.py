@@ -223,6 +223,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(_broker_dir),
         "processed_folder": str(VAR_DIR / "broker-processed"),
         "store_processed": False,
+        # The filesystem transport takes one message per poll: poll often, or a
+        # quickstart backlog (demo traffic) drains at one execution a second.
+        "polling_interval": 0.05,
     }
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "gatehouse")
 CELERY_BEAT_SCHEDULE = {
