@@ -35,6 +35,7 @@ demo-traffic: install
 	DJANGO_DEBUG=1 $(BIN)/python manage.py demo_traffic
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python scripts/check_services.py
 	$(BIN)/python -m pytest
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
@@ -96,7 +97,9 @@ class BreakerState(models.TextChoices):
 
 class Tool(models.Model):
     name = models.CharField(max_length=100, unique=True, help_text="e.g. jira.create_ticket")
-    category = models.CharField(max_length=50, blank=True, help_text="e.g. jira; break-glass disables by category")
+    category = models.CharField(
+        max_length=50, blank=True, help_text="e.g. jira; break-glass disables by category"
+    )
     description = models.TextField(blank=True)
     risk = models.CharField(max_length=10, choices=ToolRisk.choices, default=ToolRisk.LOW)
     input_schema = models.JSONField(default=dict, blank=True)
@@ -181,6 +184,9 @@ class ReleaseNote(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id}: {self.get_kind_display()}"
 
 
 class AuditEvent(models.Model):

@@ -28,7 +28,6 @@ from agents.models import Agent, AutonomyLevel, Policy, Tool, Workflow
 from agents.policy import DEFAULT_POLICY_YAML, PolicySpec, parse_policy
 from agents.services import workflow_agent_version_seen
 from approvals import dispatch, gateway, pii, spikes
-from approvals.selectors import user_can_review
 from approvals.models import (
     BreakGlass,
     Decision,
@@ -41,6 +40,7 @@ from approvals.models import (
     Violation,
     WebhookDelivery,
 )
+from approvals.selectors import user_can_review
 
 
 class ConflictError(Exception):
@@ -552,7 +552,8 @@ def break_glass_update(
         raise ValidationError({"reason": ["a reason is required"]})
     break_glass_get()
     switch = BreakGlass.objects.select_for_update().get(pk=1)
-    before = {"read_only": switch.read_only, "disabled_categories": list(switch.disabled_categories)}
+    before = {"read_only": switch.read_only,
+              "disabled_categories": list(switch.disabled_categories)}
     if read_only is not None:
         switch.read_only = read_only
     if disabled_categories is not None:
@@ -593,7 +594,16 @@ def proposal_notify(proposal: Proposal, event: str, extra: dict[str, Any] | None
 
 
 __all__ = [
-    "ConflictError", "IdempotencyConflict", "Decision", "run_open", "run_close",
-    "proposal_submit", "proposal_approve", "proposal_reject", "proposal_hand_off",
-    "proposal_expire", "proposals_expire_overdue", "break_glass_update",
+    "ConflictError",
+    "Decision",
+    "IdempotencyConflict",
+    "break_glass_update",
+    "proposal_approve",
+    "proposal_expire",
+    "proposal_hand_off",
+    "proposal_reject",
+    "proposal_submit",
+    "proposals_expire_overdue",
+    "run_close",
+    "run_open",
 ]
