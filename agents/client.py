@@ -163,10 +163,10 @@ class GatehouseClient:
         body = {"run": run_id, "tool": tool, "arguments": arguments, "draft_text": draft_text,
                 "rationale": rationale, "model": model, "agent_version": agent_version,
                 "tokens": tokens, "cost": str(cost)}
-        status, headers, proposal = self._request(
+        _status, headers, proposal = self._request(
             "POST", "proposals/", body, headers={"Idempotency-Key": key}, retry=True)
         if isinstance(proposal, dict):
-            proposal["_replayed"] = headers.get("Idempotent-Replayed") == "true" or status == 200
+            proposal["_replayed"] = headers.get("Idempotent-Replayed") == "true"
             proposal["_idempotency_key"] = key
         return proposal
 

@@ -176,11 +176,12 @@ class ProposalPagination(CursorPagination):
 @extend_schema(
     methods=["POST"],
     request=ProposalCreateSerializer,
-    responses={201: ProposalSerializer, 200: ProposalSerializer},
+    responses={201: ProposalSerializer},
     parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
                                  required=True,
                                  description="Unique per proposal; a retry with the same key "
-                                 "and body returns the first proposal (200), a different "
+                                 "and body returns the first proposal again (201, header "
+                                 "Idempotent-Replayed: true), a different "
                                  "body gets 422.")],
 )
 @extend_schema(methods=["GET"], responses=ProposalSerializer(many=True))
@@ -217,7 +218,9 @@ def proposals(request: Request) -> Response:
         raise _as_api_error(exc) from exc
     response = Response(
         ProposalSerializer(result.proposal).data,
-        status=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED,
+        # A replay answers as the original did (201), so a client retrying after a
+        # broken connection sees the same response; the header tells them apart.
+        status=status.HTTP_201_CREATED,
     )
     if result.replayed:
         response["Idempotent-Replayed"] = "true"

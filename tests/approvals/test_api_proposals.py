@@ -80,7 +80,7 @@ def test_it_replays_the_same_proposal_for_a_repeated_key(agent_client: APIClient
     run = open_run_via_api(agent_client)
     first = propose(agent_client, run["id"], key="same")
     second = propose(agent_client, run["id"], key="same")
-    assert first.status_code == 201 and second.status_code == 200
+    assert first.status_code == 201 and second.status_code == 201
     assert second["Idempotent-Replayed"] == "true"
     assert first.json()["id"] == second.json()["id"]
     assert Proposal.objects.count() == 1
