@@ -130,6 +130,10 @@ def _decision_error(request: HttpRequest, proposal: Proposal, error: str,
                     status: int) -> HttpResponse:
     context = _detail_context(request, proposal)
     context["error"] = error
+    # Give the reviewer back what they typed: a bad edit is corrected, not retyped.
+    context["kept"] = {k: request.POST.get(k) for k in (
+        "arguments", "draft_text", "note", "failure_category", "reason_code")}
+    context["kept"]["action"] = request.resolver_match.kwargs.get("action", "")
     template = "approvals/_detail.html" if request.htmx else "approvals/detail.html"
     return render(request, template, context, status=status)
 

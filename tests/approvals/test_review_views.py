@@ -135,3 +135,17 @@ def test_agent_content_is_escaped(client: Client, reviewer, agent, workflow) -> 
     assert "<script>alert(1)" not in body and "<img src=x" not in body
     assert "&lt;script&gt;" in body
     assert "unsafe-inline" not in client.get("/queue/")["Content-Security-Policy"]
+
+
+def test_a_rejected_edit_comes_back_with_what_the_reviewer_typed(
+    client: Client, reviewer, pending: Proposal
+) -> None:
+    typed = '{"project": "SUP", "summary": "Smoke on 3rd floor", "priority": "meh"}'
+    response = login(client, reviewer).post(f"/queue/{pending.pk}/edit/", {
+        "version": pending.version, "arguments": typed, "failure_category": "tone",
+        "note": "kept <b>note</b>"})
+    body = response.content.decode()
+    assert response.status_code == 400 and "arguments.priority" in body
+    assert '<details class="edit" open>' in body
+    assert "Smoke on 3rd floor" in body and "kept &lt;b&gt;note&lt;/b&gt;" in body
+    assert '<option value="tone" selected>' in body
