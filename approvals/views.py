@@ -102,6 +102,8 @@ def _detail_context(request: HttpRequest, proposal: Proposal) -> dict:
         "shown_rationale": _shown(proposal, proposal.rationale),
         "history": history,
         "execution": execution,
+        # A tool's error text can echo the arguments back: redacted like them.
+        "shown_execution_error": _shown(proposal, execution.error) if execution else "",
         "events": events,
         "failure_categories": FailureCategory.choices,
         "can_decide": proposal.status == ProposalStatus.PENDING,

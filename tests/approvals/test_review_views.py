@@ -149,3 +149,15 @@ def test_a_rejected_edit_comes_back_with_what_the_reviewer_typed(
     assert '<details class="edit" open>' in body
     assert "Smoke on 3rd floor" in body and "kept &lt;b&gt;note&lt;/b&gt;" in body
     assert '<option value="tone" selected>' in body
+
+
+def test_an_execution_error_is_redacted_like_the_arguments(
+    client: Client, reviewer, pending: Proposal
+) -> None:
+    from shadow.services import review_approve
+
+    approved = review_approve(actor=reviewer, proposal=pending, expected_version=pending.version)
+    Execution.objects.filter(proposal=approved).update(
+        status="failed", error="HTTP 400: unknown reporter jane.doe@example.com")
+    body = login(client, reviewer).get(f"/queue/{approved.pk}/").content.decode()
+    assert "jane.doe@example.com" not in body and "[email redacted]" in body
