@@ -237,13 +237,12 @@ def proposal_submit(
     rolls back, and it replays the first (or gets the 422 for a different body). The
     common case pays no lock round trip.
     """
-    fields: dict[str, Any] = {
-        "run": run, "tool_name": tool_name, "arguments": arguments, "draft_text": draft_text,
-        "rationale": rationale, "model_name": model_name, "agent_version": agent_version,
-        "tokens": tokens, "cost": cost,
-    }
+    request = ProposalRequest(run=run, tool_name=tool_name, arguments=arguments,
+                              draft_text=draft_text, rationale=rationale,
+                              model_name=model_name, agent_version=agent_version,
+                              tokens=tokens, cost=cost)
     try:
-        return _proposal_submit(actor=actor, idempotency_key=idempotency_key, **fields)
+        return _proposal_submit(actor=actor, idempotency_key=idempotency_key, request=request)
     except IntegrityError as exc:
         if "proposal_unique_idempotency_key" not in str(exc):
             raise
@@ -251,38 +250,41 @@ def proposal_submit(
                 .values_list("pk", "request_hash").first())
     if existing is None:  # pragma: no cover - the conflicting row committed before we failed
         raise ConflictError("concurrent request with the same Idempotency-Key; retry")
-    return _replay(existing, _request_hash(**fields))
+    return _replay(existing, request.request_hash)
 
 
-def _request_hash(*, run: Run, tool_name: str, arguments: dict[str, Any], draft_text: str = "",
-                  rationale: str = "", model_name: str = "", agent_version: str = "",
-                  tokens: int = 0, cost: Decimal = Decimal("0")) -> str:
-    return canonical_hash({
-        "run": run.pk, "tool": tool_name, "arguments": arguments, "draft_text": draft_text,
-        "rationale": rationale, "model": model_name, "agent_version": agent_version,
-        "tokens": tokens, "cost": str(cost),
-    })
+@dataclass(frozen=True)
+class ProposalRequest:
+    """What the agent sent; its hash tells a replay from a reused key (422)."""
+
+    run: Run
+    tool_name: str
+    arguments: dict[str, Any]
+    draft_text: str
+    rationale: str
+    model_name: str
+    agent_version: str
+    tokens: int
+    cost: Decimal
+
+    @property
+    def request_hash(self) -> str:
+        return canonical_hash({
+            "run": self.run.pk, "tool": self.tool_name, "arguments": self.arguments,
+            "draft_text": self.draft_text, "rationale": self.rationale,
+            "model": self.model_name, "agent_version": self.agent_version,
+            "tokens": self.tokens, "cost": str(self.cost),
+        })
 
 
 @transaction.atomic
 def _proposal_submit(
-    *,
-    actor: Agent,
-    run: Run,
-    tool_name: str,
-    arguments: dict[str, Any],
-    idempotency_key: str,
-    draft_text: str = "",
-    rationale: str = "",
-    model_name: str = "",
-    agent_version: str = "",
-    tokens: int = 0,
-    cost: Decimal = Decimal("0"),
+    *, actor: Agent, idempotency_key: str, request: ProposalRequest
 ) -> SubmitResult:
-    request_hash = _request_hash(
-        run=run, tool_name=tool_name, arguments=arguments, draft_text=draft_text,
-        rationale=rationale, model_name=model_name, agent_version=agent_version,
-        tokens=tokens, cost=cost)
+    request_hash = request.request_hash
+    run, tool_name, arguments = request.run, request.tool_name, request.arguments
+    draft_text, rationale, model_name = request.draft_text, request.rationale, request.model_name
+    agent_version, tokens, cost = request.agent_version, request.tokens, request.cost
     ctx = _submit_context(run, actor, idempotency_key)
     if ctx.existing is not None:
         return _replay(ctx.existing, request_hash)

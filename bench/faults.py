@@ -41,7 +41,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,23 +49,12 @@ if str(BASE_DIR) not in sys.path:
     sys.path.insert(0, str(BASE_DIR))
 
 from bench.fake_tool_server import FakeToolServer  # noqa: E402
+from bench.harness import wait_until  # noqa: E402
 
 PYTHON = str(BASE_DIR / ".venv" / "bin" / "python") if (
     BASE_DIR / ".venv" / "bin" / "python").exists() else sys.executable
 RESULTS = BASE_DIR / "bench" / "results" / "faults.json"
 ACTIVE = ("queued", "running", "held")
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.2,
-               what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- processes

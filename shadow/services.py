@@ -261,20 +261,9 @@ def outcome_ingest(
     return IngestResult(outcome, False, comparisons)
 
 
-def outcome_record(
-    *,
-    actor: Actor,
-    workflow: Workflow,
-    case_ref: str,
-    tool_name: str,
-    arguments: dict[str, Any] | None = None,
-    text: str = "",
-    source: str = OutcomeSource.API,
-    external_id: str = "",
-) -> HumanOutcome:
-    return outcome_ingest(actor=actor, workflow=workflow, case_ref=case_ref,
-                          tool_name=tool_name, arguments=arguments, text=text, source=source,
-                          external_id=external_id).outcome
+def outcome_record(**kwargs: Any) -> HumanOutcome:
+    """outcome_ingest (same keyword arguments) when only the outcome is wanted."""
+    return outcome_ingest(**kwargs).outcome
 
 
 @transaction.atomic
